@@ -72,3 +72,13 @@ class Rng {
 };
 
 }  // namespace rechub
+
+namespace rechub {
+/// The calling thread's default generator (parameter init, dropout), like torch's global one.
+inline Rng& global_rng() {
+  thread_local Rng rng(2022);
+  return rng;
+}
+/// Reseeds the calling thread's default generator.
+inline void manual_seed(std::uint64_t seed) { global_rng().reseed(seed); }
+}  // namespace rechub
