@@ -69,6 +69,7 @@ class Arena {
   };
   void add_block(std::size_t at_least) {
     std::size_t size = next_block_ > at_least ? next_block_ : at_least;
+    size = (size + kAlign - 1) / kAlign * kAlign;  // aligned_alloc needs a multiple of the alignment
     char* mem = static_cast<char*>(std::aligned_alloc(kAlign, size));
     if (!mem) throw Error("Arena: out of memory allocating " + std::to_string(size) + " bytes");
     blocks_.push_back({mem, size, 0});

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "rechub/autograd/tape.hpp"
+#include "rechub/core/parallel.hpp"
 #include "rechub/core/error.hpp"
 
 namespace rechub::detail {

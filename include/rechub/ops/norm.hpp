@@ -1,0 +1,343 @@
+#pragma once
+// Normalisation ops.
+//
+//   layer_norm    x [..., D], gamma/beta [D] (either may be undefined = no affine), per row:
+//                 xh = (x - mean) * rstd, rstd = 1 / sqrt(var + eps) (biased var), y = gamma xh + beta.
+//                 dgamma += sum_rows g xh, dbeta += sum_rows g; with gh = g gamma:
+//                 dx += rstd (gh - mean(gh) - xh mean(gh xh)).
+//   batch_norm1d  x [N, C], per column c (torch BatchNorm1d):
+//                 training: mean/var of the batch (biased var normalises; the running stats move
+//                   by momentum towards mean and the UNBIASED var N/(N-1) var);
+//                 eval: mean/var = running_mean/running_var.
+//                 xh = (x - mean) * invstd, y = act(gamma xh + beta), act fused (ActKind).
+//                 with gz = g act'(z): dgamma += sum gz xh, dbeta += sum gz,
+//                 training: dx += gamma invstd (gz - mean_N(gz) - xh mean_N(gz xh)),
+//                 eval:     dx += gamma invstd gz  (running stats are constants).
+//   l2_normalize  y = x / max(||x||, eps) per row over the last dim (torch F.normalize):
+//                 ||x|| > eps: dx += (g - y (g . y)) / ||x||;  otherwise dx += g / eps.
+//   dice_bn       the DIN paper's Dice: p = sigmoid(batch_norm1d(x) without affine),
+//                 y = x (alpha + (1 - alpha) p); composed from the ops above.
+//
+// batch_norm1d splits columns over threads: every column's sums run over all rows on one thread,
+// so results do not depend on the thread count and no partial buffers are needed.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "rechub/ops/activation.hpp"
+#include "rechub/ops/elementwise.hpp"
+
+namespace rechub {
+
+/// Layer normalisation over the last dim; gamma and beta [D] may be undefined Vars (no affine).
+inline Var layer_norm(const Var& x, const Var& gamma, const Var& beta, float eps = 1e-5f) {
+  const Tensor& X = x.value();
+  detail::check_cpu("layer_norm", X);
+  detail::check_f32("layer_norm", X, "input");
+  RECHUB_CHECK_SHAPE(X.ndim() >= 1 && X.dim(-1) > 0, "layer_norm: input ", X.shape().str(), " has no features");
+  const std::int64_t D = X.dim(-1), rows = X.numel() / D;
+  for (const Var* p : {&gamma, &beta})
+    if (p->defined()) {
+      detail::check_cpu("layer_norm", p->value());
+      RECHUB_CHECK_SHAPE(p->value().numel() == D, "layer_norm: ", p == &gamma ? "gamma " : "beta ",
+                         p->shape().str(), " does not match input ", X.shape().str());
+    }
+  Var out = detail::make_output_opt("layer_norm", X.shape(), x, gamma, beta);
+  float* stats = step_arena().tensor({rows, 2}).f32();  // per row: mean, rstd
+  {
+    const float *px = X.f32(), *pg = gamma.defined() ? gamma.value().f32() : nullptr,
+                *pb = beta.defined() ? beta.value().f32() : nullptr;
+    float* py = out.value().f32();
+    parallel_for(rows, 6 * D, [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t r = b; r < e; ++r) {
+        const float* xr = px + r * D;
+        float* yr = py + r * D;
+        float m = 0.0f;
+        for (std::int64_t k = 0; k < D; ++k) m += xr[k];
+        m /= float(D);
+        float v = 0.0f;
+        for (std::int64_t k = 0; k < D; ++k) v += (xr[k] - m) * (xr[k] - m);
+        const float rstd = 1.0f / std::sqrt(v / float(D) + eps);
+        stats[2 * r] = m;
+        stats[2 * r + 1] = rstd;
+        for (std::int64_t k = 0; k < D; ++k) {
+          const float xh = (xr[k] - m) * rstd;
+          yr[k] = (pg ? pg[k] * xh : xh) + (pb ? pb[k] : 0.0f);
+        }
+      }
+    });
+  }
+  detail::record(out, [x, gamma, beta, out, rows, D, stats] {
+    const float *g = out.grad().f32(), *px = x.value().f32();
+    const float* pg = gamma.defined() ? gamma.value().f32() : nullptr;
+    float* dx = x.requires_grad() ? x.grad_acc().f32() : nullptr;
+    const bool want_g = detail::needs_grad(gamma), want_b = detail::needs_grad(beta);
+    Tensor red = step_arena().zeros({2 * D});  // [dgamma | dbeta]
+    detail::reduce_rows(rows, 2 * D, 10 * D, red.f32(), [&](std::int64_t r0, std::int64_t r1, float* acc) {
+      for (std::int64_t r = r0; r < r1; ++r) {
+        const float *xr = px + r * D, *gr = g + r * D;
+        const float m = stats[2 * r], rstd = stats[2 * r + 1];
+        float s1 = 0.0f, s2 = 0.0f;  // sums of gh and gh * xh
+        for (std::int64_t k = 0; k < D; ++k) {
+          const float xh = (xr[k] - m) * rstd, gh = pg ? gr[k] * pg[k] : gr[k];
+          if (want_g) acc[k] += gr[k] * xh;
+          if (want_b) acc[D + k] += gr[k];
+          s1 += gh;
+          s2 += gh * xh;
+        }
+        if (!dx) continue;
+        s1 /= float(D);
+        s2 /= float(D);
+        float* dxr = dx + r * D;
+        for (std::int64_t k = 0; k < D; ++k) {
+          const float xh = (xr[k] - m) * rstd, gh = pg ? gr[k] * pg[k] : gr[k];
+          dxr[k] += rstd * (gh - s1 - xh * s2);
+        }
+      }
+    });
+    if (want_g) {
+      float* dg = gamma.grad_acc().f32();
+      for (std::int64_t k = 0; k < D; ++k) dg[k] += red.f32()[k];
+    }
+    if (want_b) {
+      float* db = beta.grad_acc().f32();
+      for (std::int64_t k = 0; k < D; ++k) db[k] += red.f32()[D + k];
+    }
+  });
+  return out;
+}
+
+namespace detail {
+// Column kernels of batch_norm1d over a block of w columns of a row-major [N, C] matrix (pointers
+// already offset to the block's first column). Rows outer, columns inner: the inner loops are
+// contiguous and vectorise; __restrict tells the compiler the arena buffers do not overlap.
+
+/// mean and biased variance of each column (two passes: the variance stays accurate).
+inline void bn_column_stats(const float* __restrict x, std::int64_t N, std::int64_t C, std::int64_t w,
+                            float* __restrict mean, float* __restrict var) {
+  for (std::int64_t c = 0; c < w; ++c) mean[c] = var[c] = 0.0f;
+  for (std::int64_t r = 0; r < N; ++r)
+    for (std::int64_t c = 0; c < w; ++c) mean[c] += x[r * C + c];
+  for (std::int64_t c = 0; c < w; ++c) mean[c] /= float(N);
+  for (std::int64_t r = 0; r < N; ++r)
+    for (std::int64_t c = 0; c < w; ++c) {
+      const float d = x[r * C + c] - mean[c];
+      var[c] += d * d;
+    }
+  for (std::int64_t c = 0; c < w; ++c) var[c] /= float(N);
+}
+
+template <ActKind K>
+inline void bn_act_forward(const float* __restrict x, float* __restrict y, std::int64_t N, std::int64_t C,
+                           std::int64_t w, const float* __restrict A, const float* __restrict B,
+                           const float* __restrict S) {
+  for (std::int64_t r = 0; r < N; ++r)
+    for (std::int64_t c = 0; c < w; ++c) y[r * C + c] = act_value<K>(x[r * C + c] * A[c] + B[c], S[c]);
+}
+
+template <ActKind K>
+inline void bn_act_backward_sums(const float* __restrict x, const float* __restrict y, const float* __restrict g,
+                                 std::int64_t N, std::int64_t C, std::int64_t w, const float* __restrict I,
+                                 const float* __restrict M, const float* __restrict A, const float* __restrict B,
+                                 const float* __restrict S, float* __restrict s_g, float* __restrict s_gx,
+                                 float* __restrict s_a) {
+  for (std::int64_t c = 0; c < w; ++c) s_g[c] = s_gx[c] = s_a[c] = 0.0f;
+  for (std::int64_t r = 0; r < N; ++r)
+    for (std::int64_t c = 0; c < w; ++c) {
+      const std::int64_t i = r * C + c;
+      const float xh = x[i] * I[c] + M[c], z = x[i] * A[c] + B[c];
+      const float gz = act_grad<K>(g[i], z, y[i], S[c]);
+      s_g[c] += gz;
+      s_gx[c] += gz * xh;
+      if constexpr (K == ActKind::prelu) s_a[c] += g[i] * std::min(z, 0.0f);
+    }
+}
+
+/// dx += A (gz - mean(gz) - xh mean(gz xh)) in training; dx += A gz in eval (constant stats).
+template <ActKind K>
+inline void bn_act_backward_dx(const float* __restrict x, const float* __restrict y, const float* __restrict g,
+                               float* __restrict dx, std::int64_t N, std::int64_t C, std::int64_t w,
+                               const float* __restrict I, const float* __restrict M, const float* __restrict A,
+                               const float* __restrict B, const float* __restrict S, const float* __restrict s_g,
+                               const float* __restrict s_gx, bool training) {
+  const float inv_n = training ? 1.0f / float(N) : 0.0f;
+  for (std::int64_t r = 0; r < N; ++r)
+    for (std::int64_t c = 0; c < w; ++c) {
+      const std::int64_t i = r * C + c;
+      const float xh = x[i] * I[c] + M[c], z = x[i] * A[c] + B[c];
+      const float gz = act_grad<K>(g[i], z, y[i], S[c]);
+      dx[i] += A[c] * (gz - (s_g[c] + xh * s_gx[c]) * inv_n);
+    }
+}
+}  // namespace detail
+
+/// act(batch_norm1d(x)) in one pass over x [N, C]; torch BatchNorm1d semantics (see top). gamma,
+/// beta may be undefined (affine=False); running stats may be undefined in training
+/// (track_running_stats=False). slope is prelu's [1] or [C] slope.
+inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean,
+                            Tensor& running_var, bool training, float momentum, float eps, ActKind act,
+                            const Var& slope = Var()) {
+  const Tensor& X = x.value();
+  detail::check_cpu("batch_norm1d", X);
+  detail::check_f32("batch_norm1d", X, "input");
+  RECHUB_CHECK_SHAPE(X.ndim() == 2, "batch_norm1d: input must be [N, C], got ", X.shape().str());
+  const std::int64_t N = X.dim(0), C = X.dim(1);
+  for (const Var* p : {&gamma, &beta})
+    if (p->defined()) {
+      detail::check_cpu("batch_norm1d", p->value());
+      RECHUB_CHECK_SHAPE(p->value().numel() == C, "batch_norm1d: ", p == &gamma ? "gamma " : "beta ",
+                         p->shape().str(), " does not match input ", X.shape().str());
+    }
+  const bool have_running = running_mean.defined() && running_var.defined();
+  if (have_running) {
+    detail::check_cpu("batch_norm1d", running_mean, running_var);
+    RECHUB_CHECK_SHAPE(running_mean.numel() == C && running_var.numel() == C, "batch_norm1d: running stats ",
+                       running_mean.shape().str(), " / ", running_var.shape().str(), " do not match input ",
+                       X.shape().str());
+  }
+  RECHUB_CHECK_SHAPE(training || have_running, "batch_norm1d: eval mode needs running_mean and running_var");
+  RECHUB_CHECK_SHAPE(!training || N > 1, "batch_norm1d: expected more than 1 value per channel when training, got input ",
+                     X.shape().str());
+  const bool use_slope = act == ActKind::prelu;
+  if (use_slope) detail::check_slope("batch_norm1d", X.shape(), slope, "slope");
+  const Var sl = use_slope ? slope : Var();
+  Var out = detail::make_output_opt("batch_norm1d", X.shape(), x, gamma, beta, sl);
+  // Per column, kept for the backward: xh = x I + M (I = invstd, M = -mean invstd) and the
+  // folded affine z = x A + B (A = gamma invstd, B = beta - mean A); S = prelu slope per column.
+  float* cols = step_arena().tensor({6, C}).f32();
+  float *I = cols, *M = cols + C, *A = cols + 2 * C, *B = cols + 3 * C, *S = cols + 4 * C, *tmp = cols + 5 * C;
+  const float *pg = gamma.defined() ? gamma.value().f32() : nullptr, *pb = beta.defined() ? beta.value().f32() : nullptr;
+  const float* pa = use_slope ? sl.value().f32() : nullptr;
+  const std::int64_t na = use_slope ? sl.value().numel() : 0;
+  for (std::int64_t c = 0; c < C; ++c) S[c] = use_slope ? pa[na == 1 ? 0 : c] : 0.0f;
+  float *rm = have_running ? running_mean.f32() : nullptr, *rv = have_running ? running_var.f32() : nullptr;
+  const float* px = X.f32();
+  float* py = out.value().f32();
+  detail::dispatch_act(act, [&](auto kind) {
+    constexpr ActKind K = decltype(kind)::value;
+    parallel_for(C, N * (4 + detail::act_cost<K>()), [&](std::int64_t c0, std::int64_t c1) {
+      const std::int64_t w = c1 - c0;
+      float *mean = tmp + c0, *var = I + c0;
+      if (training) {
+        detail::bn_column_stats(px + c0, N, C, w, mean, var);
+        for (std::int64_t c = c0; c < c1; ++c) {
+          if (rm) {
+            rm[c] = (1.0f - momentum) * rm[c] + momentum * tmp[c];
+            rv[c] = (1.0f - momentum) * rv[c] + momentum * I[c] * float(N) / float(N - 1);
+          }
+          I[c] = 1.0f / std::sqrt(I[c] + eps);
+        }
+      } else {
+        for (std::int64_t c = c0; c < c1; ++c) {
+          tmp[c] = rm[c];
+          I[c] = 1.0f / std::sqrt(rv[c] + eps);
+        }
+      }
+      for (std::int64_t c = c0; c < c1; ++c) {
+        M[c] = -tmp[c] * I[c];
+        A[c] = pg ? pg[c] * I[c] : I[c];
+        B[c] = (pb ? pb[c] : 0.0f) - tmp[c] * A[c];
+      }
+      detail::bn_act_forward<K>(px + c0, py + c0, N, C, w, A + c0, B + c0, S + c0);
+    });
+  });
+  detail::record(out, [x, gamma, beta, sl, out, N, C, na, cols, training, act] {
+    const float *g = out.grad().f32(), *y = out.value().f32(), *px = x.value().f32();
+    const float *I = cols, *M = cols + C, *A = cols + 2 * C, *B = cols + 3 * C, *S = cols + 4 * C;
+    float* dx = x.requires_grad() ? x.grad_acc().f32() : nullptr;
+    // Per column: sum gz, sum gz xh, and prelu's sum g z over z <= 0.
+    float* sums = step_arena().tensor({3, C}).f32();
+    float *s_g = sums, *s_gx = sums + C, *s_a = sums + 2 * C;
+    detail::dispatch_act(act, [&](auto kind) {
+      constexpr ActKind K = decltype(kind)::value;
+      parallel_for(C, N * (14 + detail::act_cost<K>()), [&](std::int64_t c0, std::int64_t c1) {
+        const std::int64_t w = c1 - c0;
+        detail::bn_act_backward_sums<K>(px + c0, y + c0, g + c0, N, C, w, I + c0, M + c0, A + c0, B + c0, S + c0,
+                                        s_g + c0, s_gx + c0, s_a + c0);
+        if (dx)
+          detail::bn_act_backward_dx<K>(px + c0, y + c0, g + c0, dx + c0, N, C, w, I + c0, M + c0, A + c0, B + c0,
+                                        S + c0, s_g + c0, s_gx + c0, training);
+      });
+    });
+    if (detail::needs_grad(gamma)) {
+      float* dg = gamma.grad_acc().f32();
+      for (std::int64_t c = 0; c < C; ++c) dg[c] += s_gx[c];
+    }
+    if (detail::needs_grad(beta)) {
+      float* db = beta.grad_acc().f32();
+      for (std::int64_t c = 0; c < C; ++c) db[c] += s_g[c];
+    }
+    if (detail::needs_grad(sl)) {
+      float* da = sl.grad_acc().f32();
+      if (na == 1) {
+        float s = 0.0f;
+        for (std::int64_t c = 0; c < C; ++c) s += s_a[c];
+        da[0] += s;
+      } else {
+        for (std::int64_t c = 0; c < C; ++c) da[c] += s_a[c];
+      }
+    }
+  });
+  return out;
+}
+
+/// Batch normalisation of x [N, C] over the batch, torch BatchNorm1d semantics (see top).
+inline Var batch_norm1d(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean, Tensor& running_var,
+                        bool training, float momentum = 0.1f, float eps = 1e-5f) {
+  return batch_norm1d_act(x, gamma, beta, running_mean, running_var, training, momentum, eps, ActKind::none);
+}
+
+/// x / max(||x||_2, eps) over the last dim (torch F.normalize).
+inline Var l2_normalize(const Var& x, float eps = 1e-12f) {
+  const Tensor& X = x.value();
+  detail::check_cpu("l2_normalize", X);
+  detail::check_f32("l2_normalize", X, "input");
+  RECHUB_CHECK_SHAPE(X.ndim() >= 1, "l2_normalize: input must have at least 1 dim, got ", X.shape().str());
+  const std::int64_t D = X.dim(-1), rows = D ? X.numel() / D : 0;
+  Var out = detail::make_output("l2_normalize", X.shape(), DType::f32, x);
+  float* denom = step_arena().tensor({rows}).f32();  // max(||x||, eps) per row
+  {
+    const float* px = X.f32();
+    float* py = out.value().f32();
+    parallel_for(rows, 3 * D, [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t r = b; r < e; ++r) {
+        const float* xr = px + r * D;
+        float s = 0.0f;
+        for (std::int64_t k = 0; k < D; ++k) s += xr[k] * xr[k];
+        const float d = std::max(std::sqrt(s), eps), inv = 1.0f / d;
+        denom[r] = d;
+        for (std::int64_t k = 0; k < D; ++k) py[r * D + k] = xr[k] * inv;
+      }
+    });
+  }
+  detail::record(out, [x, out, rows, D, eps, denom] {
+    float* dx = x.grad_acc().f32();
+    const float *g = out.grad().f32(), *y = out.value().f32();
+    parallel_for(rows, 4 * D, [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t r = b; r < e; ++r) {
+        const float *gr = g + r * D, *yr = y + r * D;
+        float* dxr = dx + r * D;
+        const float inv = 1.0f / denom[r];
+        // Below eps the denominator is the constant eps, so the norm contributes no gradient.
+        float dot = 0.0f;
+        if (denom[r] > eps)
+          for (std::int64_t k = 0; k < D; ++k) dot += gr[k] * yr[k];
+        for (std::int64_t k = 0; k < D; ++k) dxr[k] += (gr[k] - yr[k] * dot) * inv;
+      }
+    });
+  });
+  return out;
+}
+
+/// The DIN paper's Dice with batch statistics: p = sigmoid(BatchNorm1d(x, affine=False)),
+/// y = x (alpha + (1 - alpha) p), x [N, C], alpha [1] or [C]. Torch-RecHub's own Dice is dice().
+inline Var dice_bn(const Var& x, const Var& alpha, Tensor& running_mean, Tensor& running_var, bool training,
+                   float momentum = 0.1f, float eps = 1e-8f) {
+  detail::check_slope("dice_bn", x.shape(), alpha, "alpha");
+  const Var p = batch_norm1d_act(x, Var(), Var(), running_mean, running_var, training, momentum, eps,
+                                 ActKind::sigmoid);
+  // alpha + (1 - alpha) p = p + alpha (1 - p)
+  return mul(x, add(p, mul(alpha, add_scalar(neg(p), 1.0f))));
+}
+
+}  // namespace rechub
