@@ -57,6 +57,7 @@ std::string dataset_name(const Interactions& d, const std::string& spec) {
 struct Experiment {
   Recipe recipe;
   std::string data_spec, schema;
+  bool validation = false;  // hold out the second-to-last item instead of the last (tuning)
   Interactions data;
   MatchData samples;
   FeatureSchema features;
@@ -64,17 +65,20 @@ struct Experiment {
   std::unique_ptr<MatchModel> model;
   double load_seconds = 0, sample_seconds = 0;
 
-  void load(const std::string& spec, const std::string& schema_path) {
+  void load(const std::string& spec, const std::string& schema_path, bool validation_split) {
     data_spec = spec;
     schema = schema_path;
+    validation = validation_split;
     auto t0 = std::chrono::steady_clock::now();
     ReadReport report;
     data = load_interactions(spec, schema_path, &report);
+    if (validation) data = drop_last_interaction(data);
     load_seconds = seconds_since(t0);
     std::fprintf(stderr, "data: %s, %zu interactions, %d users, %d items (%.2f s)\n",
                  dataset_name(data, spec).c_str(), data.size(), data.num_users(), data.num_items(), load_seconds);
     t0 = std::chrono::steady_clock::now();
     samples = prepare_samples(data, recipe);
+    recipe.trainer.objective.all_items = &samples.items;
     sample_seconds = seconds_since(t0);
     std::fprintf(stderr, "samples: %lld training rows, %lld test users, %lld cold users dropped (%.2f s)\n",
                  static_cast<long long>(samples.n_train_rows), static_cast<long long>(samples.n_test),
@@ -87,7 +91,8 @@ struct Experiment {
   }
   json run_json() const {
     return {{"model", recipe.model}, {"recipe", recipe_json(recipe)}, {"model_config", model_config},
-            {"data", {{"spec", data_spec}, {"schema", schema}, {"dataset", dataset_name(data, data_spec)}}}};
+            {"data", {{"spec", data_spec}, {"schema", schema}, {"dataset", dataset_name(data, data_spec)},
+              {"validation", validation}}}};
   }
 };
 
@@ -97,7 +102,8 @@ Experiment open_run(const std::string& dir) {
   Experiment ex;
   ex.recipe = make_recipe(run.at("model").get<std::string>(), run["recipe"].value("recipe", std::string("rechub")));
   apply_recipe_json(run["recipe"], ex.recipe);
-  ex.load(run["data"]["spec"].get<std::string>(), run["data"].value("schema", std::string()));
+  ex.load(run["data"]["spec"].get<std::string>(), run["data"].value("schema", std::string()),
+          run["data"].value("validation", false));
   ex.build_model(run["model_config"]);
   load_checkpoint(dir + "/model.safetensors", *ex.model);
   return ex;
@@ -110,7 +116,7 @@ MetricMap evaluate(Experiment& ex) {
 
 int cmd_train(const std::string& model, const std::string& data, const std::string& schema,
               const std::string& config, const std::string& recipe_name, int epochs, std::int64_t batch_size,
-              double lr, const std::string& out, int threads, std::uint64_t seed) {
+              double lr, const std::string& out, int threads, std::uint64_t seed, bool validation) {
   if (threads > 0) set_num_threads(threads);
   Experiment ex;
   ex.recipe = make_recipe(model, recipe_name);
@@ -123,7 +129,7 @@ int cmd_train(const std::string& model, const std::string& data, const std::stri
     ex.recipe.samples.seed = seed;
   }
   manual_seed(ex.recipe.trainer.seed);
-  ex.load(data, schema);
+  ex.load(data, schema, validation);
   ex.build_model(recipe_model_config(ex.recipe, ex.features));
   make_dir(out);
   TrainerOptions topt = ex.recipe.trainer;
@@ -154,7 +160,8 @@ int cmd_train(const std::string& model, const std::string& data, const std::stri
   MetricMap m = evaluate(ex);
   const double eval_seconds = seconds_since(t0);
   MetricMap pop = popularity_metrics(ex.samples.item_counts, ex.samples.test_targets);
-  json result = {{"model", model}, {"dataset", dataset_name(ex.data, data)}, {"recipe", ex.recipe.name}};
+  json result = {{"model", model}, {"dataset", dataset_name(ex.data, data)}, {"recipe", ex.recipe.name},
+                 {"split", validation ? "validation" : "test"}};
   add_metrics(result, m);
   result["epochs"] = hist.size();
   result["train_seconds"] = train_seconds;
@@ -260,7 +267,7 @@ int main(int argc, char** argv) {
   std::int64_t batch_size = 0;
   double lr = 0;
   std::uint64_t seed = 0;
-  bool include_seen = false;
+  bool include_seen = false, validation = false;
 
   auto* train = app.add_subcommand("train", "train a model, save it to --out and report its test metrics");
   train->add_option("--model", model, "dssm, facebook_dssm, youtube_dnn, youtube_sbc")->capture_default_str();
@@ -276,6 +283,8 @@ int main(int argc, char** argv) {
   train->add_option("--seed", seed, "seed for sampling, initialisation and shuffling (default 2022)");
   train->add_option("--threads", threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
   train->add_option("--out", out, "run directory to write")->required();
+  train->add_flag("--validation", validation,
+                  "tuning protocol: drop each user's last item, evaluate on the second-to-last");
 
   auto* ev = app.add_subcommand("eval", "evaluate a trained run on its test users (full item ranking)");
   ev->add_option("--run", run, "run directory written by `rechub train`")->required();
@@ -293,7 +302,8 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
-    if (*train) return cmd_train(model, data, schema, config, recipe, epochs, batch_size, lr, out, threads, seed);
+    if (*train) return cmd_train(model, data, schema, config, recipe, epochs, batch_size, lr, out, threads, seed,
+                                 validation);
     if (*ev) return cmd_eval(run);
     if (*emb) return cmd_embed(run, embed_out);
     if (*ret) return cmd_retrieve(run, user, k, include_seen);

@@ -121,8 +121,8 @@ TEST_CASE("large broadcast forward and backward match a naive reference (threade
   Tensor a = random_tensor({512, 96}, rng), b = random_tensor({96}, rng), c = random_tensor({512, 1}, rng);
   Parameter pa(a.clone()), pb(b.clone()), pc(c.clone());
   Var y = mul(add(pa, pb), pc);  // (a + b) * c
-  Tensor ref = naive_broadcast(naive_broadcast(a, b, {512, 96}, [](float u, float v) { return u + v; }), c,
-                               {512, 96}, [](float u, float v) { return u * v; });
+  Tensor ref = naive_broadcast(naive_broadcast(a, b, {512, 96}, [](float u, float v) { return u + v; }), c, {512, 96},
+                               [](float u, float v) { return u * v; });
   for (std::int64_t i = 0; i < ref.numel(); ++i) REQUIRE(y.value().f32()[i] == ref.f32()[i]);
   tape().backward(y, Tensor::full({512, 96}, 1.0f));
   // d/da = c (per row), d/db = sum_r c_r, d/dc_r = sum_j (a_rj + b_j).

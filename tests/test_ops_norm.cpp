@@ -19,11 +19,16 @@ Tensor make(const Shape& s, std::vector<float> v) {
 }
 Var apply_act(const Var& z, ActKind k, const Var& slope) {
   switch (k) {
-    case ActKind::relu: return relu(z);
-    case ActKind::prelu: return prelu(z, slope);
-    case ActKind::sigmoid: return sigmoid(z);
-    case ActKind::tanh: return tanh(z);
-    default: return z;
+    case ActKind::relu:
+      return relu(z);
+    case ActKind::prelu:
+      return prelu(z, slope);
+    case ActKind::sigmoid:
+      return sigmoid(z);
+    case ActKind::tanh:
+      return tanh(z);
+    default:
+      return z;
   }
 }
 }  // namespace
@@ -116,9 +121,8 @@ TEST_CASE("batch_norm1d eval uses the running stats and leaves them alone") {
 TEST_CASE("batch_norm1d gradients in train and eval mode") {
   Rng rng(4);
   Tensor rm = random_tensor({4}, rng), rv = random_tensor({4}, rng, 0.5f, 2.0f);
-  check_gradients(
-      [&](const std::vector<Var>& v) { return batch_norm1d(v[0], v[1], v[2], rm, rv, true); },
-      {random_tensor({6, 4}, rng, -2, 2), random_tensor({4}, rng, 0.5f, 1.5f), random_tensor({4}, rng)});
+  check_gradients([&](const std::vector<Var>& v) { return batch_norm1d(v[0], v[1], v[2], rm, rv, true); },
+                  {random_tensor({6, 4}, rng, -2, 2), random_tensor({4}, rng, 0.5f, 1.5f), random_tensor({4}, rng)});
   check_gradients([&](const std::vector<Var>& v) { return batch_norm1d(v[0], Var(), Var(), rm, rv, true); },
                   {random_tensor({5, 4}, rng, -2, 2)});
   check_gradients([&](const std::vector<Var>& v) { return batch_norm1d(v[0], v[1], v[2], rm, rv, false); },
@@ -178,16 +182,14 @@ TEST_CASE("row and column reductions are bit-identical for 1 and 2 threads") {
     Tensor rm = Tensor::zeros({48}), rv = Tensor::full({48}, 1.0f);
     Var y = add(layer_norm(px, pg, pb), batch_norm1d(px, pg, pb, rm, rv, true));
     tape().backward(y, seed);
-    std::vector<Tensor> out = {y.value().clone(), px.grad().clone(), pg.grad().clone(), pb.grad().clone(),
-                               rv.clone()};
+    std::vector<Tensor> out = {y.value().clone(), px.grad().clone(), pg.grad().clone(), pb.grad().clone(), rv.clone()};
     end_step();
     return out;
   };
   const int saved = num_threads();
   auto one = run(1), two = run(2);
   set_num_threads(saved);
-  for (std::size_t k = 0; k < one.size(); ++k)
-    CHECK(std::memcmp(one[k].raw(), two[k].raw(), one[k].nbytes()) == 0);
+  for (std::size_t k = 0; k < one.size(); ++k) CHECK(std::memcmp(one[k].raw(), two[k].raw(), one[k].nbytes()) == 0);
 }
 
 TEST_CASE("l2_normalize: unit rows, zero rows stay finite, gradients on both sides of eps") {
@@ -196,7 +198,7 @@ TEST_CASE("l2_normalize: unit rows, zero rows stay finite, gradients on both sid
   Var y = l2_normalize(constant(x));
   CHECK(y.value().f32()[0] == doctest::Approx(0.6));
   CHECK(y.value().f32()[1] == doctest::Approx(0.8));
-  CHECK(y.value().f32()[2] == 0.0f);  // 0 / max(0, eps): no NaN
+  CHECK(y.value().f32()[2] == 0.0f);                  // 0 / max(0, eps): no NaN
   CHECK(y.value().f32()[4] == doctest::Approx(0.1));  // below eps the row is divided by eps
   end_step();
   check_gradients([](const std::vector<Var>& v) { return l2_normalize(v[0]); }, {random_tensor({4, 5}, rng)});

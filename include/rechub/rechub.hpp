@@ -40,6 +40,7 @@
 #include "rechub/data/movielens.hpp"
 #include "rechub/data/negative_sampler.hpp"
 #include "rechub/data/samples.hpp"
+#include "rechub/data/split.hpp"
 #include "rechub/data/synthetic.hpp"
 #include "rechub/data/text.hpp"
 #include "rechub/data/user_history.hpp"

@@ -47,7 +47,8 @@ struct SyntheticOptions {
   double profile_fidelity = 0.7;       // chance a demographic follows the user's cluster
   double item_noise = 0.2;             // spread of item latents around their genre direction
   double user_noise = 0.3;             // spread of user latents around their cluster direction
-  double taste_drift = 1.0;            // how far a user's taste moves from first to last interaction
+  double taste_drift = 2.0;            // how far a cluster's taste moves from first to last interaction
+  double personal_drift = 0.5;         // extra, user-specific spread of the late taste
   std::uint64_t seed = 2022;
 };
 
@@ -103,6 +104,7 @@ inline Interactions generate_synthetic(const SyntheticOptions& o = {}) {
   const std::size_t D = static_cast<std::size_t>(o.latent_dim), S = static_cast<std::size_t>(o.successors);
   const double item_noise = o.item_noise / std::sqrt(static_cast<double>(D));
   const double user_noise = o.user_noise / std::sqrt(static_cast<double>(D));
+  const double late_noise = o.personal_drift / std::sqrt(static_cast<double>(D));
   Rng rng(o.seed);
 
   // Genres: skewed shares, unit latent directions.
@@ -145,9 +147,15 @@ inline Interactions generate_synthetic(const SyntheticOptions& o = {}) {
   }
 
   // Clusters: taste direction, prior share, demographics.
-  std::vector<double> cluster_vec(K * D), cluster_cum(K);
+  // Each cluster has an early taste direction (row 2k) and a late one (row 2k+1) it drifts to.
+  std::vector<double> cluster_vec(2 * K * D), cluster_cum(K);
   for (double& x : cluster_vec) x = rng.normal();
-  for (std::size_t k = 0; k < K; ++k) detail::normalize(cluster_vec, k * D, D);
+  for (std::size_t k = 0; k < 2 * K; ++k) detail::normalize(cluster_vec, k * D, D);
+  for (std::size_t k = 0; k < K; ++k) {
+    for (std::size_t j = 0; j < D; ++j)
+      cluster_vec[(2 * k + 1) * D + j] = cluster_vec[2 * k * D + j] + o.taste_drift * cluster_vec[(2 * k + 1) * D + j];
+    detail::normalize(cluster_vec, (2 * k + 1) * D, D);
+  }
   std::vector<double> p_male(K);
   std::vector<std::size_t> age_mode(K), occ_a(K), occ_b(K), region(K);
   for (std::size_t k = 0; k < K; ++k) {
@@ -182,14 +190,15 @@ inline Interactions generate_synthetic(const SyntheticOptions& o = {}) {
     occ_raw[u] = std::to_string(rng.uniform() < fid ? (rng.below(2) ? occ_a[k] : occ_b[k]) : rng.below(21));
     zip_raw[u] = std::to_string(rng.uniform() < fid ? region[k] : rng.below(10)) + std::to_string(rng.below(10));
 
-    // Taste drifts from w_start to w_end over the user's timeline: recent items say more about
-    // the next one than old ones, and the newest tastes are not yet used up.
-    for (std::size_t j = 0; j < D; ++j) user_vec[j] = cluster_vec[k * D + j] + user_noise * rng.normal();
-    detail::normalize(user_vec, 0, D);
-    for (std::size_t j = 0; j < D; ++j) user_vec[D + j] = rng.normal();
-    detail::normalize(user_vec, D, D);
-    for (std::size_t j = 0; j < D; ++j) user_vec[D + j] = user_vec[j] + o.taste_drift * user_vec[D + j];
-    detail::normalize(user_vec, D, D);
+    // Taste drifts from the cluster's early direction to its late one over the user's timeline:
+    // recent items say more about the next one than old ones, the newest tastes are not yet used
+    // up, and the profile (through the cluster) predicts both.
+    for (std::size_t phase = 0; phase < 2; ++phase) {
+      const double spread = phase == 0 ? user_noise : user_noise + late_noise;
+      for (std::size_t j = 0; j < D; ++j)
+        user_vec[phase * D + j] = cluster_vec[(2 * k + phase) * D + j] + spread * rng.normal();
+      detail::normalize(user_vec, phase * D, D);
+    }
     for (std::size_t phase = 0; phase < (drift ? 2u : 1u); ++phase) {
       double total = 0;
       for (std::size_t i = 1; i <= ni; ++i) {

@@ -159,8 +159,8 @@ class BatchNorm1d : public Module {
   Var forward(const Var& x) { return forward_act(x, ActKind::none); }
   /// act(batchnorm(x)) in one fused pass.
   Var forward_act(const Var& x, ActKind act, const Var& slope = Var()) {
-    return batch_norm1d_act(x, affine_ ? weight.var() : Var(), affine_ ? bias.var() : Var(), running_mean,
-                            running_var, is_training(), momentum_, eps_, act, slope);
+    return batch_norm1d_act(x, affine_ ? weight.var() : Var(), affine_ ? bias.var() : Var(), running_mean, running_var,
+                            is_training(), momentum_, eps_, act, slope);
   }
   float eps() const { return eps_; }
   float momentum() const { return momentum_; }

@@ -57,8 +57,8 @@ class MLP : public Module {
   /// x [..., input_dim] -> [..., output_dim()].
   Var forward(const Var& x) {
     const Shape& s = x.shape();
-    RECHUB_CHECK_SHAPE(s.ndim() >= 1 && s[-1] == input_dim_, "mlp: input ", s.str(), " has ",
-                       s.ndim() ? s[-1] : 0, " features, MLP expects ", input_dim_);
+    RECHUB_CHECK_SHAPE(s.ndim() >= 1 && s[-1] == input_dim_, "mlp: input ", s.str(), " has ", s.ndim() ? s[-1] : 0,
+                       " features, MLP expects ", input_dim_);
     const bool flatten = opt_.batchnorm && !blocks_.empty() && s.ndim() != 2;
     Var h = flatten ? detail::view(x, {x.value().rows(), input_dim_}) : x;
     for (auto& b : blocks_) {

@@ -35,11 +35,16 @@ enum class ActKind : std::uint8_t { none, relu, prelu, sigmoid, tanh };
 
 inline const char* act_name(ActKind k) {
   switch (k) {
-    case ActKind::none: return "none";
-    case ActKind::relu: return "relu";
-    case ActKind::prelu: return "prelu";
-    case ActKind::sigmoid: return "sigmoid";
-    case ActKind::tanh: return "tanh";
+    case ActKind::none:
+      return "none";
+    case ActKind::relu:
+      return "relu";
+    case ActKind::prelu:
+      return "prelu";
+    case ActKind::sigmoid:
+      return "sigmoid";
+    case ActKind::tanh:
+      return "tanh";
   }
   return "?";
 }
@@ -58,7 +63,7 @@ inline float sigmoid_scalar(float x) {
 // vectorisation of the whole loop; an explicit bitwise select and min/max forms vectorise.
 
 /// c ? a : b without a branch (both operands are already computed).
-inline float select(bool c, float a, float b) {
+inline float blend(bool c, float a, float b) {
   std::uint32_t ua, ub;
   std::memcpy(&ua, &a, 4);
   std::memcpy(&ub, &b, 4);
@@ -83,9 +88,9 @@ inline float act_value(float z, float a) {
 template <ActKind K>
 inline float act_grad(float g, float z, float y, float a) {
   if constexpr (K == ActKind::relu) {
-    return select(z > 0.0f, g, 0.0f);
+    return blend(z > 0.0f, g, 0.0f);
   } else if constexpr (K == ActKind::prelu) {
-    return select(z > 0.0f, g, g * a);
+    return blend(z > 0.0f, g, g * a);
   } else if constexpr (K == ActKind::sigmoid) {
     return g * y * (1.0f - y);
   } else if constexpr (K == ActKind::tanh) {
@@ -103,11 +108,21 @@ constexpr std::int64_t act_cost() {
 template <class Fn>
 void dispatch_act(ActKind k, Fn&& fn) {
   switch (k) {
-    case ActKind::none: fn(std::integral_constant<ActKind, ActKind::none>{}); break;
-    case ActKind::relu: fn(std::integral_constant<ActKind, ActKind::relu>{}); break;
-    case ActKind::prelu: fn(std::integral_constant<ActKind, ActKind::prelu>{}); break;
-    case ActKind::sigmoid: fn(std::integral_constant<ActKind, ActKind::sigmoid>{}); break;
-    case ActKind::tanh: fn(std::integral_constant<ActKind, ActKind::tanh>{}); break;
+    case ActKind::none:
+      fn(std::integral_constant<ActKind, ActKind::none>{});
+      break;
+    case ActKind::relu:
+      fn(std::integral_constant<ActKind, ActKind::relu>{});
+      break;
+    case ActKind::prelu:
+      fn(std::integral_constant<ActKind, ActKind::prelu>{});
+      break;
+    case ActKind::sigmoid:
+      fn(std::integral_constant<ActKind, ActKind::sigmoid>{});
+      break;
+    case ActKind::tanh:
+      fn(std::integral_constant<ActKind, ActKind::tanh>{});
+      break;
   }
 }
 
@@ -121,7 +136,6 @@ inline void check_slope(const char* op, const Shape& x, const Var& slope, const 
   RECHUB_CHECK_SHAPE(a.ndim() == 1 && (a.dim(0) == 1 || a.dim(0) == c), op, ": ", name, " ", a.shape().str(),
                      " must be [1] or [", c, "] for input ", x.str());
 }
-
 
 /// y = act(y) in place over `rows` rows of width n, saving z first for prelu (S = slope per column).
 template <ActKind K>
@@ -157,7 +171,6 @@ inline void act_rows_backward(const float* __restrict dy, const float* y, const 
     }
 }
 
-
 /// prelu backward over `rows` rows of width n: dx += g (x > 0 ? 1 : S), acc += g min(x, 0).
 inline void prelu_rows_backward(const float* __restrict g, const float* __restrict x, float* __restrict dx,
                                 std::int64_t rows, std::int64_t n, const float* __restrict S, float* __restrict acc) {
@@ -179,7 +192,8 @@ inline void prelu_rows_backward(const float* __restrict g, const float* __restri
 /// max(x, 0).
 inline Var relu(const Var& x) {
   return detail::map_unary(
-      "relu", x, 1, [](float v) { return std::max(v, 0.0f); }, [](float g, float v, float) { return detail::select(v > 0.0f, g, 0.0f); });
+      "relu", x, 1, [](float v) { return std::max(v, 0.0f); },
+      [](float g, float v, float) { return detail::blend(v > 0.0f, g, 0.0f); });
 }
 /// 1 / (1 + e^-x), overflow-free for large |x|.
 inline Var sigmoid(const Var& x) {
@@ -390,16 +404,14 @@ inline Var linear_act(const Var& x, const Var& weight, const Var& bias, ActKind 
       detail::reduce_rows(rows, 2 * outd, 3 * outd * detail::act_cost<K>(), red.f32(),
                           [&](std::int64_t r0, std::int64_t r1, float* acc) {
                             const std::int64_t o = r0 * outd;
-                            detail::act_rows_backward<K>(dY + o, Y + o, Z ? Z + o : Y + o, G + o, r1 - r0, outd, S,
-                                                         acc, acc + outd);
+                            detail::act_rows_backward<K>(dY + o, Y + o, Z ? Z + o : Y + o, G + o, r1 - r0, outd, S, acc,
+                                                         acc + outd);
                           });
     });
     if (x.requires_grad())
-      detail::gemm(false, false, rows, in, outd, 1.0f, G, outd, weight.value().f32(), in, 1.0f, x.grad_acc().f32(),
-                   in);
+      detail::gemm(false, false, rows, in, outd, 1.0f, G, outd, weight.value().f32(), in, 1.0f, x.grad_acc().f32(), in);
     if (weight.requires_grad())
-      detail::gemm(true, false, outd, in, rows, 1.0f, G, outd, x.value().f32(), in, 1.0f, weight.grad_acc().f32(),
-                   in);
+      detail::gemm(true, false, outd, in, rows, 1.0f, G, outd, x.value().f32(), in, 1.0f, weight.grad_acc().f32(), in);
     if (detail::needs_grad(bias)) {
       float* db = bias.grad_acc().f32();
       for (std::int64_t j = 0; j < outd; ++j) db[j] += red.f32()[j];

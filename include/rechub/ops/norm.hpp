@@ -39,8 +39,8 @@ inline Var layer_norm(const Var& x, const Var& gamma, const Var& beta, float eps
   for (const Var* p : {&gamma, &beta})
     if (p->defined()) {
       detail::check_cpu("layer_norm", p->value());
-      RECHUB_CHECK_SHAPE(p->value().numel() == D, "layer_norm: ", p == &gamma ? "gamma " : "beta ",
-                         p->shape().str(), " does not match input ", X.shape().str());
+      RECHUB_CHECK_SHAPE(p->value().numel() == D, "layer_norm: ", p == &gamma ? "gamma " : "beta ", p->shape().str(),
+                         " does not match input ", X.shape().str());
     }
   Var out = detail::make_output_opt("layer_norm", X.shape(), x, gamma, beta);
   float* stats = step_arena().tensor({rows, 2}).f32();  // per row: mean, rstd
@@ -174,9 +174,8 @@ inline void bn_act_backward_dx(const float* __restrict x, const float* __restric
 /// act(batch_norm1d(x)) in one pass over x [N, C]; torch BatchNorm1d semantics (see top). gamma,
 /// beta may be undefined (affine=False); running stats may be undefined in training
 /// (track_running_stats=False). slope is prelu's [1] or [C] slope.
-inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean,
-                            Tensor& running_var, bool training, float momentum, float eps, ActKind act,
-                            const Var& slope = Var()) {
+inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean, Tensor& running_var,
+                            bool training, float momentum, float eps, ActKind act, const Var& slope = Var()) {
   const Tensor& X = x.value();
   detail::check_cpu("batch_norm1d", X);
   detail::check_f32("batch_norm1d", X, "input");
@@ -185,8 +184,8 @@ inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Ten
   for (const Var* p : {&gamma, &beta})
     if (p->defined()) {
       detail::check_cpu("batch_norm1d", p->value());
-      RECHUB_CHECK_SHAPE(p->value().numel() == C, "batch_norm1d: ", p == &gamma ? "gamma " : "beta ",
-                         p->shape().str(), " does not match input ", X.shape().str());
+      RECHUB_CHECK_SHAPE(p->value().numel() == C, "batch_norm1d: ", p == &gamma ? "gamma " : "beta ", p->shape().str(),
+                         " does not match input ", X.shape().str());
     }
   const bool have_running = running_mean.defined() && running_var.defined();
   if (have_running) {
@@ -196,8 +195,8 @@ inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Ten
                        X.shape().str());
   }
   RECHUB_CHECK_SHAPE(training || have_running, "batch_norm1d: eval mode needs running_mean and running_var");
-  RECHUB_CHECK_SHAPE(!training || N > 1, "batch_norm1d: expected more than 1 value per channel when training, got input ",
-                     X.shape().str());
+  RECHUB_CHECK_SHAPE(!training || N > 1,
+                     "batch_norm1d: expected more than 1 value per channel when training, got input ", X.shape().str());
   const bool use_slope = act == ActKind::prelu;
   if (use_slope) detail::check_slope("batch_norm1d", X.shape(), slope, "slope");
   const Var sl = use_slope ? slope : Var();
@@ -206,7 +205,8 @@ inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Ten
   // folded affine z = x A + B (A = gamma invstd, B = beta - mean A); S = prelu slope per column.
   float* cols = step_arena().tensor({6, C}).f32();
   float *I = cols, *M = cols + C, *A = cols + 2 * C, *B = cols + 3 * C, *S = cols + 4 * C, *tmp = cols + 5 * C;
-  const float *pg = gamma.defined() ? gamma.value().f32() : nullptr, *pb = beta.defined() ? beta.value().f32() : nullptr;
+  const float *pg = gamma.defined() ? gamma.value().f32() : nullptr,
+              *pb = beta.defined() ? beta.value().f32() : nullptr;
   const float* pa = use_slope ? sl.value().f32() : nullptr;
   const std::int64_t na = use_slope ? sl.value().numel() : 0;
   for (std::int64_t c = 0; c < C; ++c) S[c] = use_slope ? pa[na == 1 ? 0 : c] : 0.0f;
@@ -334,8 +334,7 @@ inline Var l2_normalize(const Var& x, float eps = 1e-12f) {
 inline Var dice_bn(const Var& x, const Var& alpha, Tensor& running_mean, Tensor& running_var, bool training,
                    float momentum = 0.1f, float eps = 1e-8f) {
   detail::check_slope("dice_bn", x.shape(), alpha, "alpha");
-  const Var p = batch_norm1d_act(x, Var(), Var(), running_mean, running_var, training, momentum, eps,
-                                 ActKind::sigmoid);
+  const Var p = batch_norm1d_act(x, Var(), Var(), running_mean, running_var, training, momentum, eps, ActKind::sigmoid);
   // alpha + (1 - alpha) p = p + alpha (1 - p)
   return mul(x, add(p, mul(alpha, add_scalar(neg(p), 1.0f))));
 }

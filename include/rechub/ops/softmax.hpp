@@ -38,7 +38,7 @@ inline MaskRows plan_mask(const char* op, const Tensor& x, const Tensor& mask) {
   const int nx = x.ndim(), nm = mask.ndim();
   bool ok = nm >= 1 && nm <= nx && mask.dim(-1) == x.dim(-1);
   MaskRows m;
-  std::int64_t stride = 1;  // in mask rows
+  std::int64_t stride = 1;              // in mask rows
   for (int k = 1; ok && k < nx; ++k) {  // k-th leading dim from the right
     const std::int64_t xd = x.dim(nx - 1 - k);
     const std::int64_t md = k < nm ? mask.dim(nm - 1 - k) : 1;
@@ -129,7 +129,9 @@ Var softmax_impl(const char* op, const Var& x, const Tensor& mask) {
 }  // namespace detail
 
 /// Softmax over the last dim; masked positions (mask == 0) get 0, a fully masked row all zeros.
-inline Var softmax(const Var& x, const Tensor& mask = Tensor()) { return detail::softmax_impl<false>("softmax", x, mask); }
+inline Var softmax(const Var& x, const Tensor& mask = Tensor()) {
+  return detail::softmax_impl<false>("softmax", x, mask);
+}
 
 /// Log-softmax over the last dim; masked positions and fully masked rows read 0 (not -inf).
 inline Var log_softmax(const Var& x, const Tensor& mask = Tensor()) {

@@ -22,8 +22,6 @@
 //   u64 payload bytes | payload = hnswlib's own saveIndex() bytes
 // hnswlib only reads and writes whole files by path, so save goes through a temp file next to the
 // target and load through a temp file in $TMPDIR.
-#include <hnswlib/hnswlib.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -40,6 +38,69 @@
 #include "rechub/core/tensor.hpp"
 #include "rechub/io/atomic_file.hpp"
 #include "rechub/retrieval/exact_index.hpp"
+
+// ---- hnswlib, private to each translation unit ------------------------------------------------
+// Debian's hnswlib 0.6 header defines non-inline functions (cpuid, AVXCapable, ...) and mutable
+// globals (InnerProductSIMD16Ext, ...) at namespace scope: two translation units that include it
+// fail to link with "multiple definition". So we include it inside an unnamed namespace, after
+// everything it includes (their include guards then keep the standard headers out of that
+// namespace), and hold the graph behind a type-erased pointer so that no class with linkage has a
+// field of a TU-local type. A consequence: include <hnswlib/hnswlib.h> yourself only before this
+// header (it is then reused), or use rechub::detail::hnsw::hnswlib.
+// Under AddressSanitizer hnswlib's SIMD path is switched off: its prefetching reads one entry past
+// the end of a full neighbour list (harmless in practice, but ASan stops the program).
+#include <atomic>
+#include <cassert>
+#include <cstdlib>
+#include <deque>
+#include <fstream>
+#include <iostream>
+#include <list>
+#include <queue>
+#include <random>
+#include <stdexcept>
+#include <unordered_map>
+#include <unordered_set>
+#include <assert.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#include <immintrin.h>
+#include <x86intrin.h>
+#endif
+#if defined(__SANITIZE_ADDRESS__) && !defined(NO_MANUAL_VECTORIZATION)
+#define NO_MANUAL_VECTORIZATION
+#define RECHUB_UNDEF_NO_MANUAL_VECTORIZATION
+#endif
+#if defined(_XCR_XFEATURE_ENABLED_MASK)  // the includer already pulled hnswlib in at global scope
+namespace rechub::detail::hnsw {
+namespace hnswlib = ::hnswlib;
+}
+#else
+namespace rechub::detail::hnsw {
+namespace {
+#include <hnswlib/hnswlib.h>
+}  // namespace
+}  // namespace rechub::detail::hnsw
+#endif
+#ifdef RECHUB_UNDEF_NO_MANUAL_VECTORIZATION
+#undef NO_MANUAL_VECTORIZATION
+#undef RECHUB_UNDEF_NO_MANUAL_VECTORIZATION
+#endif
+
+namespace rechub::detail::hnsw {
+namespace {
+/// The space and the graph together: the graph keeps a pointer into the space.
+struct Graph {
+  hnswlib::InnerProductSpace space;
+  std::unique_ptr<hnswlib::HierarchicalNSW<float>> alg;
+  explicit Graph(std::size_t dim) : space(dim) {}
+};
+void destroy_graph(void* g) { delete static_cast<Graph*>(g); }
+}  // namespace
+}  // namespace rechub::detail::hnsw
 
 namespace rechub {
 
@@ -90,9 +151,11 @@ class HnswIndex {
     RECHUB_CHECK_AS(ConfigError, dim >= 1, "HnswIndex: dim must be >= 1, got ", dim);
     RECHUB_CHECK_AS(ConfigError, opt.M >= 2, "HnswIndex: M must be >= 2, got ", opt.M);
     RECHUB_CHECK_AS(ConfigError, opt.ef >= 1, "HnswIndex: ef must be >= 1");
-    space_ = std::make_unique<hnswlib::InnerProductSpace>(static_cast<std::size_t>(d_));
-    alg_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(space_.get(), 16, opt_.M, opt_.ef_construction, opt_.seed);
-    alg_->setEf(opt_.ef);
+    auto* g = new detail::hnsw::Graph(static_cast<std::size_t>(d_));
+    graph_.reset(g);
+    g->alg = std::make_unique<detail::hnsw::hnswlib::HierarchicalNSW<float>>(&g->space, 16, opt_.M,
+                                                                             opt_.ef_construction, opt_.seed);
+    g->alg->setEf(opt_.ef);
   }
 
   /// Builds over items [N, D]; labels[i] names row i (default 0..N-1).
@@ -102,7 +165,7 @@ class HnswIndex {
   }
 
   /// Number of stored items (excluded ones included).
-  std::int64_t size() const { return alg_ ? static_cast<std::int64_t>(alg_->cur_element_count) : 0; }
+  std::int64_t size() const { return graph_ ? static_cast<std::int64_t>(alg().cur_element_count) : 0; }
   std::int64_t dim() const { return d_; }
   Metric metric() const { return opt_.metric; }
   const HnswOptions& options() const { return opt_; }
@@ -112,7 +175,7 @@ class HnswIndex {
   void set_ef(std::size_t ef) {
     RECHUB_CHECK_AS(ConfigError, ef >= 1, "HnswIndex::set_ef: ef must be >= 1");
     opt_.ef = ef;
-    alg_->setEf(ef);
+    alg().setEf(ef);
   }
 
   /// Inserts items [N, D] under labels (default next_label() .. +N-1), growing the index as needed.
@@ -139,12 +202,13 @@ class HnswIndex {
                         " is negative (-1 marks empty slots)");
         RECHUB_CHECK_AS(ConfigError, i == 0 || sorted[i] != sorted[i - 1], "HnswIndex::add: label ", sorted[i],
                         " appears twice");
-        RECHUB_CHECK_AS(ConfigError, alg_->label_lookup_.count(static_cast<hnswlib::labeltype>(sorted[i])) == 0,
+        RECHUB_CHECK_AS(ConfigError, alg().label_lookup_.count(static_cast<std::size_t>(sorted[i])) == 0,
                         "HnswIndex::add: label ", sorted[i], " is already in the index");
       }
     }
-    const std::size_t need = alg_->cur_element_count + static_cast<std::size_t>(n);
-    if (need > alg_->max_elements_) alg_->resizeIndex(std::max(need, 2 * alg_->max_elements_));
+    auto& a = alg();
+    const std::size_t need = a.cur_element_count + static_cast<std::size_t>(n);
+    if (need > a.max_elements_) a.resizeIndex(std::max(need, 2 * a.max_elements_));
 
     const float* x = items.f32();
     auto insert = [&](std::int64_t i, float* buf) {
@@ -153,7 +217,7 @@ class HnswIndex {
         detail::normalize_row(v, buf, d_);
         v = buf;
       }
-      alg_->addPoint(v, static_cast<hnswlib::labeltype>(lab[i]));
+      alg().addPoint(v, static_cast<std::size_t>(lab[i]));  // not `a`: no lambda may capture a TU-local type
     };
     int threads = opt_.build_threads == 0 ? num_threads() : opt_.build_threads;
     if (threads <= 1 || n < 2 * threads) {
@@ -161,7 +225,7 @@ class HnswIndex {
       for (std::int64_t i = 0; i < n; ++i) insert(i, buf.data());
     } else {
       std::int64_t start = 0;
-      if (alg_->cur_element_count == 0) {  // the first insert sets the entry point: do it alone
+      if (a.cur_element_count == 0) {  // the first insert sets the entry point: do it alone
         std::vector<float> buf(static_cast<std::size_t>(d_));
         insert(0, buf.data());
         start = 1;
@@ -181,12 +245,13 @@ class HnswIndex {
   /// Never return `label` again (hnswlib marks it deleted; it still routes searches).
   void exclude(std::int64_t label) {
     check_ready("HnswIndex::exclude");
-    auto it = alg_->label_lookup_.find(static_cast<hnswlib::labeltype>(label));
-    RECHUB_CHECK_AS(ConfigError, label >= 0 && it != alg_->label_lookup_.end(), "HnswIndex::exclude: label ", label,
+    auto& a = alg();
+    auto it = a.label_lookup_.find(static_cast<std::size_t>(label));
+    RECHUB_CHECK_AS(ConfigError, label >= 0 && it != a.label_lookup_.end(), "HnswIndex::exclude: label ", label,
                     " is not in the index");
-    if (!alg_->isMarkedDeleted(it->second)) alg_->markDelete(static_cast<hnswlib::labeltype>(label));
+    if (!a.isMarkedDeleted(it->second)) a.markDelete(static_cast<std::size_t>(label));
   }
-  std::int64_t num_excluded() const { return alg_ ? static_cast<std::int64_t>(alg_->num_deleted_) : 0; }
+  std::int64_t num_excluded() const { return graph_ ? static_cast<std::int64_t>(alg().num_deleted_) : 0; }
 
   /// Top-k for each row of queries [Q, D]; `exclude` has one list per query (or is null).
   SearchResult search(const Tensor& queries, std::int64_t k, const ExcludeLists* exclude = nullptr) const {
@@ -258,7 +323,7 @@ class HnswIndex {
       std::string p;
       ~Unlink() { std::remove(p.c_str()); }
     } cleanup{payload_path};
-    alg_->saveIndex(payload_path);
+    alg().saveIndex(payload_path);
     const std::string payload = read_file(payload_path);
     RECHUB_CHECK(payload.size() == expected_payload_bytes(), "HnswIndex::save: ", path, ": hnswlib wrote ",
                  payload.size(), " bytes, expected ", expected_payload_bytes(), " (disk full?)");
@@ -320,20 +385,21 @@ class HnswIndex {
     idx.opt_.ef = ef;
     idx.d_ = static_cast<std::int64_t>(dim);
     idx.next_label_ = static_cast<std::int64_t>(next_label);
-    idx.space_ = std::make_unique<hnswlib::InnerProductSpace>(static_cast<std::size_t>(dim));
+    auto* g = new detail::hnsw::Graph(static_cast<std::size_t>(dim));
+    idx.graph_.reset(g);
     try {
-      idx.alg_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(idx.space_.get(), std::string(name.data()), false,
-                                                                   std::max<std::size_t>(count, 1));
+      g->alg = std::make_unique<detail::hnsw::hnswlib::HierarchicalNSW<float>>(
+          &g->space, std::string(name.data()), false, std::max<std::size_t>(count, 1));
     } catch (const std::exception& e) {
       bad("hnswlib: ", e.what());
     }
-    auto& a = *idx.alg_;
+    auto& a = *g->alg;
     if (a.cur_element_count != count) bad("header says ", count, " items, payload holds ", a.cur_element_count);
     if (a.label_offset_ - a.offsetData_ != dim * sizeof(float))
       bad("payload stores ", (a.label_offset_ - a.offsetData_) / sizeof(float), "-d vectors, header says ", dim);
     // hnswlib 0.6's loadIndex counts deleted items into an uninitialised counter: recount.
     a.num_deleted_ = 0;
-    for (std::size_t i = 0; i < a.cur_element_count; ++i) a.num_deleted_ += a.isMarkedDeleted(static_cast<hnswlib::tableint>(i));
+    for (std::size_t i = 0; i < a.cur_element_count; ++i) a.num_deleted_ += a.isMarkedDeleted(static_cast<unsigned>(i));
     a.metric_distance_computations = 0;
     a.metric_hops = 0;
     idx.opt_.M = a.M_;
@@ -343,8 +409,12 @@ class HnswIndex {
   }
 
  private:
+  detail::hnsw::hnswlib::HierarchicalNSW<float>& alg() const {
+    return *static_cast<detail::hnsw::Graph*>(graph_.get())->alg;
+  }
+
   void check_ready(const char* who) const {
-    RECHUB_CHECK(alg_ != nullptr, who, ": index is empty (default-constructed)");
+    RECHUB_CHECK(graph_ != nullptr, who, ": index is empty (default-constructed)");
   }
 
   template <class Label>
@@ -356,7 +426,7 @@ class HnswIndex {
       q = buf;
     }
     // hnswlib 0.6 has no filter callback: ask for k + |exclusions| and drop the excluded ones.
-    auto pq = alg_->searchKnn(q, static_cast<std::size_t>(k + nex));
+    auto pq = alg().searchKnn(q, static_cast<std::size_t>(k + nex));
     std::vector<std::pair<float, std::int64_t>> got;
     got.reserve(pq.size());
     while (!pq.empty()) {
@@ -387,8 +457,8 @@ class HnswIndex {
 
   /// Bytes hnswlib's saveIndex writes for the current graph (to catch silent short writes).
   std::size_t expected_payload_bytes() const {
-    const auto& a = *alg_;
-    std::size_t b = 11 * sizeof(std::size_t) + sizeof(int) + sizeof(hnswlib::tableint);
+    const auto& a = alg();
+    std::size_t b = 11 * sizeof(std::size_t) + sizeof(int) + sizeof(unsigned);
     b += a.cur_element_count * a.size_data_per_element_;
     for (std::size_t i = 0; i < a.cur_element_count; ++i)
       b += sizeof(unsigned int) + (a.element_levels_[i] > 0 ? a.size_links_per_element_ * a.element_levels_[i] : 0);
@@ -412,8 +482,8 @@ class HnswIndex {
   HnswOptions opt_;
   std::int64_t d_ = 0;
   std::int64_t next_label_ = 0;
-  std::unique_ptr<hnswlib::InnerProductSpace> space_;
-  std::unique_ptr<hnswlib::HierarchicalNSW<float>> alg_;
+  // A detail::hnsw::Graph; type-erased so this class has no field of a TU-local type.
+  std::unique_ptr<void, void (*)(void*)> graph_{nullptr, &detail::hnsw::destroy_graph};
 };
 
 }  // namespace rechub

@@ -131,6 +131,7 @@ inline Recipe make_recipe(const std::string& model, const std::string& recipe) {
 }
 
 /// Samples for a recipe, with the derived columns its objective needs (neg_<attr>, log q).
+/// A "full" objective points at md.items: keep the returned MatchData alive while training.
 inline MatchData prepare_samples(const Interactions& data, Recipe& r) {
   MatchData md = generate_seq_feature_match(data, r.samples);
   add_negative_attributes(md.train, data);
