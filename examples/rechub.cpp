@@ -181,6 +181,49 @@ int cmd_train(const std::string& model, const std::string& data, const std::stri
   return 0;
 }
 
+/// Trains on a comparator sample directory (the same arrays Torch-RecHub trains on) and reports.
+int cmd_train_samples(const std::string& dir, int epochs, int threads, const std::string& out) {
+  if (threads > 0) set_num_threads(threads);
+  SampleDir sd = read_sample_dir(dir);
+  if (epochs >= 0) sd.recipe.trainer.epochs = epochs;
+  manual_seed(sd.recipe.trainer.seed);
+  auto model = make_model(sd.recipe.model, sd.model_config);
+  TrainerOptions topt = sd.recipe.trainer;
+  topt.objective.all_items = &sd.data.items;
+  if (!out.empty()) {
+    make_dir(out);
+    topt.log_path = out + "/train_log.jsonl";
+    std::remove(topt.log_path.c_str());
+  }
+  std::fprintf(stderr, "samples %s: model %s (%lld parameters), %lld rows, %d epochs, batch %lld, lr %g\n",
+               dir.c_str(), sd.recipe.model.c_str(), static_cast<long long>(model->num_parameters()),
+               static_cast<long long>(sd.data.train.rows()), topt.epochs, static_cast<long long>(topt.batch_size),
+               topt.lr);
+  MatchTrainer trainer(*model, topt);
+  const auto& hist = trainer.fit(sd.data.train);
+  json epoch_seconds = json::array(), epoch_loss = json::array();
+  double total = 0;
+  for (const auto& e : hist) {
+    epoch_seconds.push_back(e.seconds);
+    epoch_loss.push_back(e.loss);
+    total += e.seconds;
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  MetricMap m = evaluate_retrieval(*model, sd.data.test, sd.data.test_targets, sd.data.items, sd.data.item_col);
+  json result = {{"impl", "rechub"}, {"model", sd.recipe.model}, {"mode", sd.data.mode}, {"samples", dir},
+                 {"epochs", hist.size()}, {"epoch_seconds", epoch_seconds}, {"epoch_loss", epoch_loss},
+                 {"epoch_seconds_mean", hist.empty() ? 0.0 : total / static_cast<double>(hist.size())},
+                 {"train_seconds", total},
+                 {"samples_per_second", total > 0 ? static_cast<double>(sd.data.train.rows() * hist.size()) / total : 0.0},
+                 {"eval_seconds", seconds_since(t0)}, {"parameters", model->num_parameters()},
+                 {"n_train", sd.data.train.rows()}, {"n_test_users", sd.data.test.rows()},
+                 {"batch_size", topt.batch_size}, {"lr", topt.lr}, {"threads", num_threads()}};
+  add_metrics(result, m);
+  if (!out.empty()) save_checkpoint(out + "/model.safetensors", *model, {{"samples", dir}, {"model_config", sd.model_config}});
+  std::printf("%s\n", result.dump().c_str());
+  return 0;
+}
+
 int cmd_eval(const std::string& dir) {
   Experiment ex = open_run(dir);
   auto t0 = std::chrono::steady_clock::now();
@@ -282,7 +325,10 @@ int main(int argc, char** argv) {
   train->add_option("--lr", lr, "override the recipe's learning rate");
   train->add_option("--seed", seed, "seed for sampling, initialisation and shuffling (default 2022)");
   train->add_option("--threads", threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
-  train->add_option("--out", out, "run directory to write")->required();
+  std::string samples;
+  train->add_option("--samples", samples,
+                    "train on a comparator sample directory (benchmarks/torch_rechub/README.md) instead of --data");
+  train->add_option("--out", out, "run directory to write (required unless --samples)");
   train->add_flag("--validation", validation,
                   "tuning protocol: drop each user's last item, evaluate on the second-to-last");
 
@@ -302,6 +348,8 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
+    if (*train && !samples.empty()) return cmd_train_samples(samples, epochs, threads, out);
+    if (*train && out.empty()) throw ConfigError("train: --out is required");
     if (*train) return cmd_train(model, data, schema, config, recipe, epochs, batch_size, lr, out, threads, seed,
                                  validation);
     if (*ev) return cmd_eval(run);

@@ -64,4 +64,5 @@
 #include "rechub/io/atomic_file.hpp"
 #include "rechub/io/checkpoint.hpp"
 #include "rechub/io/npy.hpp"
+#include "rechub/io/sample_dir.hpp"
 #include "rechub/io/safetensors.hpp"

@@ -38,6 +38,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "rechub/core/error.hpp"

@@ -8,17 +8,24 @@
 //    pop_i = rank_i^-s (Zipf, ranks a random permutation so ids say nothing about popularity),
 //    and `successors` related items from the same genre drawn by popularity (sequels,
 //    franchises: what people watch next);
-//  * taste clusters k = 1..K, each with a unit direction t_k and its own demographics
+//  * taste clusters k = 1..K, each with an early taste direction t_k, a late one
+//    t'_k = normalize(t_k + taste_drift * r_k) (r_k random unit), and its own demographics
 //    (share of men, a typical age bucket, two favourite occupations, a home zip region);
-//  * user u: cluster k_u, latent w_u = normalize(t_k + noise); gender, age, occupation and zip
-//    follow the cluster's demographics most of the time, so profiles predict tastes;
-//  * u's interactions, timestamps strictly increasing: with probability sequential_prob the
+//  * user u: cluster k_u, early taste a_u = normalize(t_k + noise), late taste
+//    b_u = normalize(t'_k + larger noise); gender, age, occupation and zip follow the cluster's
+//    demographics with probability profile_fidelity, so profiles predict tastes;
+//  * u's n interactions, timestamps strictly increasing: with probability sequential_prob the
 //    next item is a successor of one of the last three items (weights .6/.25/.15), otherwise
-//    it is drawn with probability ~ pop_i * exp(taste_strength * <w_u, v_i>); a user never
-//    repeats an item while an unseen one can be found.
-// So history (successors, genres), user features (cluster) and popularity all carry signal.
+//    it is drawn with probability ~ pop_i * exp(taste_strength * <w, v_i>), w = b_u with
+//    probability step/(n-1) else a_u (the taste drifts); a user never repeats an item while an
+//    unseen one can be found.
+// So history (successors, genres, recent taste), user features (cluster) and popularity all
+// carry signal. The drift matters: without it a user's favourite items are used up early, and
+// under Torch-RecHub's evaluation (seen items are not filtered) a two-tower model barely beats
+// popularity; with it a DSSM trained for a few epochs beats popularity by >2x at Hit@10.
 //
-// Cost: O(users * items * D) for the per-user taste tables plus O(interactions * log items).
+// Cost: O(users * items * D) for the per-user taste tables (two per user) plus
+// O(interactions * log items) for the draws.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -44,10 +51,10 @@ struct SyntheticOptions {
   double popularity_skew = 0.8;        // Zipf exponent s
   double taste_strength = 14.0;        // how sharply tastes select items
   double sequential_prob = 0.35;       // chance the next item follows a recent one
-  double profile_fidelity = 0.7;       // chance a demographic follows the user's cluster
+  double profile_fidelity = 0.85;      // chance a demographic follows the user's cluster
   double item_noise = 0.2;             // spread of item latents around their genre direction
   double user_noise = 0.3;             // spread of user latents around their cluster direction
-  double taste_drift = 2.0;            // how far a cluster's taste moves from first to last interaction
+  double taste_drift = 2.0;            // how far a cluster's taste moves over a user's timeline (0: no drift)
   double personal_drift = 0.5;         // extra, user-specific spread of the late taste
   std::uint64_t seed = 2022;
 };

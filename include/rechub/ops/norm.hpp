@@ -23,6 +23,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 #include "rechub/ops/activation.hpp"
 #include "rechub/ops/elementwise.hpp"
@@ -111,6 +114,19 @@ namespace detail {
 // Column kernels of batch_norm1d over a block of w columns of a row-major [N, C] matrix (pointers
 // already offset to the block's first column). Rows outer, columns inner: the inner loops are
 // contiguous and vectorise; __restrict tells the compiler the arena buffers do not overlap.
+
+/// out[c] = 1 / sqrt(var[c] + eps), bit for bit the scalar expression. Compilers keep std::sqrt
+/// scalar (errno), and eval mode redoes this for every column on every call: it was the largest
+/// part of a one-row BatchNorm (serving). AVX's sqrt and div are the same IEEE operations.
+inline void bn_inv_std(float* __restrict out, const float* __restrict var, float eps, std::int64_t n) {
+  std::int64_t c = 0;
+#ifdef __AVX__
+  const __m256 e = _mm256_set1_ps(eps), one = _mm256_set1_ps(1.0f);
+  for (; c + 8 <= n; c += 8)
+    _mm256_storeu_ps(out + c, _mm256_div_ps(one, _mm256_sqrt_ps(_mm256_add_ps(_mm256_loadu_ps(var + c), e))));
+#endif
+  for (; c < n; ++c) out[c] = 1.0f / std::sqrt(var[c] + eps);
+}
 
 /// mean and biased variance of each column (two passes: the variance stays accurate).
 inline void bn_column_stats(const float* __restrict x, std::int64_t N, std::int64_t C, std::int64_t w,
@@ -228,10 +244,8 @@ inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Ten
           I[c] = 1.0f / std::sqrt(I[c] + eps);
         }
       } else {
-        for (std::int64_t c = c0; c < c1; ++c) {
-          tmp[c] = rm[c];
-          I[c] = 1.0f / std::sqrt(rv[c] + eps);
-        }
+        std::copy(rm + c0, rm + c1, tmp + c0);
+        detail::bn_inv_std(I + c0, rv + c0, eps, w);
       }
       for (std::int64_t c = c0; c < c1; ++c) {
         M[c] = -tmp[c] * I[c];

@@ -11,6 +11,8 @@
 // row (= the lower label for the default identity labels or any ascending labelling). Slots past
 // the number of eligible items are padded with label -1 and score -inf. Batched search splits the
 // queries over OpenMP threads (static chunks, so results never depend on the thread count).
+// search_one (serving) runs one query on the calling thread, GEMV per item block, and allocates
+// nothing once its Scratch holds k entries.
 //
 // Exclusions, for the two cases evaluation needs:
 //  * exclude(label): never return this item (the padding row 0 of an embedding table: build the
@@ -335,7 +337,10 @@ class ExactIndex {
     float* s = scratch.scores_.data();
     for (std::int64_t b0 = 0; b0 < n_; b0 += kBlockItems) {
       const std::int64_t nb = std::min(kBlockItems, n_ - b0);
-      detail::gemm_serial(false, true, 1, nb, d_, 1.0f, qp, d_, items_.f32() + b0 * d_, d_, 0.0f, s, nb);
+      // A compile-time matrix * vector product: Eigen's GEMV kernel, which unlike its GEMM path
+      // (taken by gemm_serial even for one row) allocates no blocking buffers.
+      Eigen::Map<Eigen::VectorXf>(s, nb).noalias() =
+          Eigen::Map<const detail::RowMat>(items_.f32() + b0 * d_, nb, d_) * Eigen::Map<const Eigen::VectorXf>(qp, d_);
       mask_rows(s, b0, nb, excluded_rows_.data(), excluded_rows_.data() + excluded_rows_.size());
       mask_rows(s, b0, nb, rows.data(), rows.data() + rows.size());
       detail::topk_scan(s, nb, static_cast<std::int32_t>(b0), heap, k);

@@ -51,6 +51,7 @@
 // the end of a full neighbour list (harmless in practice, but ASan stops the program).
 #include <atomic>
 #include <cassert>
+#include <cmath>
 #include <cstdlib>
 #include <deque>
 #include <fstream>
@@ -81,6 +82,9 @@ namespace hnswlib = ::hnswlib;
 #else
 namespace rechub::detail::hnsw {
 namespace {
+// hnswlib calls log() unqualified; without this, lookup from inside rechub:: would stop at
+// rechub::log(const Var&) (ops/elementwise.hpp) before reaching the C library's.
+using std::log;
 #include <hnswlib/hnswlib.h>
 }  // namespace
 }  // namespace rechub::detail::hnsw

@@ -50,6 +50,7 @@ struct Objective {
   int n_neg = 3;                    // "sbc": negatives per row
   std::string item_col = "movie_id";
   std::vector<float> log_q;         // by item id (filled by the trainer when log_q_correction / sbc)
+  std::string log_q_column;         // when the batch has this float column (q per row), log q comes from it
   const Dataset* all_items = nullptr;  // "full": every item, row r = item id r + 1 (MatchData::items)
 
   std::string effective_loss() const {
@@ -86,6 +87,16 @@ inline void from_json(const nlohmann::json& j, Objective& o) {
 namespace detail {
 // Per-row log q of the batch's positive items, in the step arena (nullptr when unused).
 inline const float* batch_log_q(const Batch& batch, const Objective& o) {
+  if (!o.log_q_column.empty() && batch.has(o.log_q_column)) {
+    const Tensor& q = batch[o.log_q_column];
+    float* lq = static_cast<float*>(step_arena().allocate(static_cast<std::size_t>(q.numel()) * sizeof(float)));
+    for (std::int64_t b = 0; b < q.numel(); ++b) {
+      RECHUB_CHECK_AS(DataError, q.f32()[b] > 0, "objective: ", o.log_q_column, " of row ", b, " is ", q.f32()[b],
+                      ", needs a probability > 0");
+      lq[b] = std::log(q.f32()[b]);
+    }
+    return lq;
+  }
   if (o.log_q.empty()) return nullptr;
   const Tensor& ids = batch[o.item_col];
   const std::int64_t B = ids.dim(0);
