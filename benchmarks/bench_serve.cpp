@@ -107,6 +107,7 @@ Served open_run(const std::string& dir) {
   apply_recipe_json(run["recipe"], s.recipe);
   const std::string spec = run.at("data").at("spec").get<std::string>();
   s.data = load_interactions(spec, run["data"].value("schema", std::string()));
+  if (run["data"].value("validation", false)) s.data = drop_last_interaction(s.data);  // as trained
   s.model = make_model(name, run.at("model_config"));
   load_checkpoint(dir + "/model.safetensors", *s.model);
   std::fprintf(stderr, "run %s: model %s, data %s (%zu interactions, %d users, %d items)\n", dir.c_str(), name.c_str(),

@@ -166,6 +166,7 @@ StepCounts count_step_allocations(Recipe recipe, std::int64_t batch_size, int wa
   recipe.trainer.batch_size = batch_size;
   recipe.trainer.progress = 0;
   MatchData md = prepare_samples(data, recipe);
+  if (recipe.trainer.objective.effective_loss() == "full") recipe.trainer.objective.all_items = &md.items;
   const FeatureSchema schema = FeatureSchema::from(data);
   manual_seed(11);
   DSSM model(DSSM::default_config(schema, 16, recipe.samples.mode != 1));
@@ -195,6 +196,14 @@ StepCounts count_step_allocations(Recipe recipe, std::int64_t batch_size, int wa
   c.news = g_new.load() - n0;
   c.mallocs = g_malloc.load() - m0;
   return c;
+}
+
+/// rechub's recipe with in-batch negatives instead of its full softmax.
+Recipe inbatch_recipe() {
+  Recipe r = rechub_recipe("dssm");
+  r.trainer.objective.loss = "";
+  r.trainer.objective.in_batch_neg = true;
+  return r;
 }
 
 Recipe listwise_recipe() {
@@ -254,8 +263,8 @@ TEST_CASE("a steady-state DSSM training step performs no heap allocation") {
     CHECK(c.news == 0);
     CHECK(c.mallocs == 0);
   }
-  SUBCASE("in-batch softmax (rechub's recipe), full B x B and k = 8 hard negatives") {
-    Recipe r = rechub_recipe("dssm");  // in_batch_neg, temperature 0.05
+  SUBCASE("in-batch softmax, full B x B and k = 8 hard negatives") {
+    Recipe r = inbatch_recipe();
     for (std::int64_t bs : {64, 512}) {
       CAPTURE(bs);
       StepCounts c = count_step_allocations(r, bs, 4, 6);
@@ -269,8 +278,19 @@ TEST_CASE("a steady-state DSSM training step performs no heap allocation") {
     CHECK(c.news == 0);
     CHECK(c.mallocs == 0);
   }
-  SUBCASE("in-batch softmax with log-Q correction, lazy Adam on the tables and gradient clipping") {
+  SUBCASE("full softmax over the whole catalogue (rechub's recipe)") {
     Recipe r = rechub_recipe("dssm");
+    REQUIRE(r.trainer.objective.effective_loss() == "full");
+    for (std::int64_t bs : {64, 512}) {
+      CAPTURE(bs);
+      StepCounts c = count_step_allocations(r, bs, 4, 6);
+      CHECK(c.news == 0);
+      CHECK(c.mallocs == 0);
+      CHECK(std::isfinite(c.last_loss));
+    }
+  }
+  SUBCASE("in-batch softmax with log-Q correction, lazy Adam on the tables and gradient clipping") {
+    Recipe r = inbatch_recipe();
     r.trainer.objective.log_q_correction = true;
     r.trainer.lazy_embeddings = true;
     r.trainer.clip_norm = 1.0f;

@@ -50,6 +50,12 @@ inline SampleDir read_sample_dir(const std::string& dir) {
   for (const char* k : {"model", "mode", "hyper", "user_features", "item_features", "item_col", "user_col"})
     RECHUB_CHECK_AS(DataError, m.contains(k), dir, "/meta.json: missing key '", k, "'");
   s.data.train = read_dataset_dir(dir + "/train");
+  if (s.data.train.has("label") && s.data.train["label"].dtype() == DType::i32) {  // 0/1 ids -> float labels
+    const Tensor& l = s.data.train["label"];
+    Tensor f = Tensor::empty(l.shape());
+    for (std::int64_t i = 0; i < l.numel(); ++i) f.f32()[i] = static_cast<float>(l.i32()[i]);
+    s.data.train.set("label", f);
+  }
   s.data.test = read_dataset_dir(dir + "/test");
   s.data.items = read_dataset_dir(dir + "/items");
   Tensor target = read_npy(dir + "/test_target.npy");
