@@ -1,12 +1,16 @@
 // Two-tower models: names, shapes, configs, training steps, and learning on synthetic data.
 #include <doctest/doctest.h>
 
+#include <cstdio>
+#include <cstring>
+
 #include "rechub/data/match_columns.hpp"
 #include "rechub/data/samples.hpp"
 #include "rechub/data/synthetic.hpp"
 #include "rechub/eval/evaluate.hpp"
 #include "rechub/eval/popularity.hpp"
 #include "rechub/models/registry.hpp"
+#include "rechub/io/training_checkpoint.hpp"
 #include "rechub/train/match_trainer.hpp"
 
 using namespace rechub;
@@ -114,4 +118,102 @@ TEST_CASE("a trained DSSM beats the popularity baseline on synthetic data by a c
                          << " vs " << pop["Hit@50"]);
   CHECK(model["Hit@10"] > 1.5 * pop["Hit@10"]);
   CHECK(model["Hit@50"] > 1.2 * pop["Hit@50"]);
+}
+
+namespace {
+std::vector<Tensor> weights(const MatchModel& m) {
+  std::vector<Tensor> w;
+  for (auto& [n, p] : m.named_parameters()) w.push_back(p->value().clone());
+  return w;
+}
+bool same(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (a[i].nbytes() != b[i].nbytes() || std::memcmp(a[i].raw(), b[i].raw(), a[i].nbytes()) != 0) return false;
+  return true;
+}
+TrainerOptions quick_options(int epochs) {
+  TrainerOptions o;
+  o.objective.in_batch_neg = true;
+  o.objective.in_batch_neg_ratio = 5;
+  o.objective.temperature = 0.1f;
+  o.lr = 3e-3;
+  o.epochs = epochs;
+  o.batch_size = 64;
+  o.progress = 0;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("same seed, same threads: bit-identical training; resuming from a checkpoint continues exactly") {
+  Fixture f(0, 0, 80, 60);
+  auto run = [&](int epochs) {
+    manual_seed(9);
+    auto m = make_model("youtube_dnn", default_model_config("youtube_dnn", f.schema, 8));
+    MatchTrainer t(*m, quick_options(epochs));
+    t.fit(f.md.train);
+    return weights(*m);
+  };
+  auto a = run(4), b = run(4);
+  CHECK(same(a, b));
+
+  manual_seed(9);
+  auto m = make_model("youtube_dnn", default_model_config("youtube_dnn", f.schema, 8));
+  {
+    MatchTrainer t(*m, quick_options(2));
+    t.fit(f.md.train);
+    save_training_checkpoint("test_models_resume.safetensors", *m, t);
+  }
+  manual_seed(123);  // a different initialisation, overwritten by the checkpoint
+  auto m2 = make_model("youtube_dnn", default_model_config("youtube_dnn", f.schema, 8));
+  MatchTrainer t2(*m2, quick_options(4));
+  load_training_checkpoint("test_models_resume.safetensors", *m2, t2);
+  CHECK(t2.start_epoch() == 2);
+  t2.fit(f.md.train);
+  CHECK(t2.history().size() == 2);
+  CHECK(same(weights(*m2), a));
+  std::remove("test_models_resume.safetensors");
+}
+
+TEST_CASE("early stopping keeps the best epoch's weights") {
+  Fixture f(0, 0, 80, 60);
+  manual_seed(4);
+  auto m = make_model("youtube_dnn", default_model_config("youtube_dnn", f.schema, 8));
+  TrainerOptions o = quick_options(8);
+  o.patience = 2;
+  o.monitor = "score";
+  int calls = 0;
+  std::vector<Tensor> at_best;
+  // A validation score that peaks at epoch 1 (0-based), then falls: training must stop after
+  // epoch 3 and restore epoch 1's weights.
+  MatchTrainer t(*m, o);
+  t.fit(f.md.train, [&]() {
+    const double score = calls == 1 ? 1.0 : 0.5 - 0.01 * calls;
+    if (calls == 1) at_best = weights(*m);
+    ++calls;
+    return MetricMap{{"score", score}};
+  });
+  CHECK(calls == 4);
+  CHECK(t.best_epoch() == 1);
+  CHECK(t.history().size() == 4);
+  CHECK(same(weights(*m), at_best));
+}
+
+TEST_CASE("hard in-batch negatives and the full softmax train") {
+  Fixture f(0, 0, 100, 60);
+  for (std::string loss : {"inbatch_hard", "full"}) {
+    CAPTURE(loss);
+    manual_seed(5);
+    auto m = make_model("dssm", default_model_config("dssm", f.schema, 8));
+    TrainerOptions o = quick_options(3);
+    if (loss == "full") {
+      o.objective.loss = "full";
+      o.objective.all_items = &f.md.items;
+    } else {
+      o.objective.hard_negatives = true;
+    }
+    MatchTrainer t(*m, o);
+    auto h = t.fit(f.md.train);
+    CHECK(h.back().loss < h.front().loss);
+  }
 }

@@ -66,3 +66,4 @@
 #include "rechub/io/npy.hpp"
 #include "rechub/io/sample_dir.hpp"
 #include "rechub/io/safetensors.hpp"
+#include "rechub/io/training_checkpoint.hpp"

@@ -92,6 +92,9 @@ class MatchTrainer {
   const TrainerOptions& options() const { return opt_; }
   Adam& optimizer() { return *adam_; }
   const std::vector<EpochStats>& history() const { return history_; }
+  /// The epoch fit() starts from (set when resuming from a training checkpoint).
+  int start_epoch() const { return start_epoch_; }
+  void set_start_epoch(int e) { start_epoch_ = e; }
   int best_epoch() const { return best_epoch_; }
 
   /// Trains opt.epochs epochs; with `validate` and patience > 0 stops early and restores the best weights.
@@ -100,8 +103,9 @@ class MatchTrainer {
     double best = -std::numeric_limits<double>::infinity();
     int since_best = 0;
     std::vector<Tensor> best_weights;
-    for (int e = 0; e < opt_.epochs; ++e) {
+    for (int e = start_epoch_; e < opt_.epochs; ++e) {
       EpochStats s = train_one_epoch(it, e, train.rows());
+      start_epoch_ = e + 1;
       if (validate) {
         s.validation = validate();
         auto f = s.validation.find(opt_.monitor);
@@ -128,6 +132,7 @@ class MatchTrainer {
   EpochStats train_one_epoch(BatchIterator& it, int epoch, std::int64_t total) {
     model_.train();
     it.start_epoch(epoch);
+    rng_ = Rng(opt_.seed).fork(static_cast<std::uint64_t>(epoch));  // epoch e draws the same in-batch negatives on resume
     EpochStats s;
     s.epoch = epoch;
     const auto t0 = std::chrono::steady_clock::now();
@@ -211,6 +216,7 @@ class MatchTrainer {
   std::vector<Parameter*> params_;
   std::vector<EpochStats> history_;
   int best_epoch_ = -1;
+  int start_epoch_ = 0;
 };
 
 }  // namespace rechub
