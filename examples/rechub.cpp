@@ -4,7 +4,7 @@
 //   rechub eval     --run DIR
 //   rechub embed    --run DIR
 //   rechub retrieve --run DIR --user RAW_ID --k 10
-//   rechub export-samples --model M --data D --out DIR     (the side-by-side comparator's input)
+//   rechub train    --samples DIR     (a comparator sample directory: the arrays Torch-RecHub trains on)
 // Every command that computes figures ends with ONE JSON line on stdout; progress goes to stderr.
 #include <CLI/CLI.hpp>
 
@@ -182,10 +182,11 @@ int cmd_train(const std::string& model, const std::string& data, const std::stri
 }
 
 /// Trains on a comparator sample directory (the same arrays Torch-RecHub trains on) and reports.
-int cmd_train_samples(const std::string& dir, int epochs, int threads, const std::string& out) {
+int cmd_train_samples(const std::string& dir, int epochs, int threads, const std::string& out, std::uint64_t seed) {
   if (threads > 0) set_num_threads(threads);
   SampleDir sd = read_sample_dir(dir);
   if (epochs >= 0) sd.recipe.trainer.epochs = epochs;
+  if (seed) sd.recipe.trainer.seed = seed;
   manual_seed(sd.recipe.trainer.seed);
   auto model = make_model(sd.recipe.model, sd.model_config);
   TrainerOptions topt = sd.recipe.trainer;
@@ -348,7 +349,7 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
-    if (*train && !samples.empty()) return cmd_train_samples(samples, epochs, threads, out);
+    if (*train && !samples.empty()) return cmd_train_samples(samples, epochs, threads, out, seed);
     if (*train && out.empty()) throw ConfigError("train: --out is required");
     if (*train) return cmd_train(model, data, schema, config, recipe, epochs, batch_size, lr, out, threads, seed,
                                  validation);

@@ -21,31 +21,7 @@
 #include "rechub/data/samples.hpp"
 #include "rechub/data/synthetic.hpp"
 
-// Counts heap allocations so the batch iterator's steady state can be checked. (GCC flags the
-// malloc/free pair behind a replaced operator new as mismatched after inlining; it is not.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-namespace {
-std::atomic<long> g_allocs{0};
-}
-void* operator new(std::size_t n) {
-  ++g_allocs;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) { return operator new(n); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  ++g_allocs;
-  return std::malloc(n ? n : 1);
-}
-void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept { return operator new(n, t); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
-#pragma GCC diagnostic pop
+#include "alloc_counter.hpp"  // counts operator new: a steady-state epoch must allocate nothing
 
 using namespace rechub;
 
@@ -536,10 +512,10 @@ TEST_CASE("batch iterator covers every row once per epoch and reuses its buffers
   CHECK(s1 == identity);
   // Steady state: a whole epoch of next() (short last batch included) allocates nothing.
   it.next_epoch();
-  const long allocs_before = g_allocs.load();
+  const long allocs_before = rechub::testing::allocations();
   std::int64_t covered = 0;
   while (const Batch* b = it.next()) covered += b->rows();
-  const long allocs = g_allocs.load() - allocs_before;
+  const long allocs = rechub::testing::allocations() - allocs_before;
   CHECK(allocs == 0);
   CHECK(covered == N);
   it.start_epoch(0);

@@ -14,26 +14,7 @@
 using namespace rechub;
 using nlohmann::json;
 
-// Counts every operator new in this program, to prove a steady-state step allocates nothing.
-namespace {
-std::atomic<long> g_allocations{0};
-}
-void* operator new(std::size_t n) {
-  ++g_allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-// GCC cannot see that our operator new is malloc, and warns about the matching free.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpragmas"
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#include "alloc_counter.hpp"  // counts operator new: steady-state steps must allocate nothing
 
 namespace {
 constexpr std::int64_t kB = 3, kL = 4, kK = 2, kD = 4;
@@ -310,8 +291,8 @@ TEST_CASE("a steady-state forward + backward through EmbeddingLayer allocates no
   };
   step();
   step();
-  const long before = g_allocations.load();
+  const long before = rechub::testing::allocations();
   step();
   step();
-  CHECK(g_allocations.load() - before == 0);
+  CHECK(rechub::testing::allocations() - before == 0);
 }

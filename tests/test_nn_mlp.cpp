@@ -14,26 +14,7 @@
 using namespace rechub;
 using testing::random_tensor;
 
-// Counts every operator new in this program, to prove a steady-state MLP step allocates nothing.
-namespace {
-std::atomic<long> g_allocations{0};
-}
-void* operator new(std::size_t n) {
-  ++g_allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-// GCC cannot see that our operator new is malloc, and warns about the matching free.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpragmas"
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#include "alloc_counter.hpp"  // counts operator new: steady-state steps must allocate nothing
 
 namespace {
 std::vector<std::string> names_of(const Module& m) {
@@ -315,9 +296,9 @@ TEST_CASE("a steady-state MLP training step performs no heap allocation") {
         end_step();
       };
       for (int i = 0; i < 3; ++i) step();  // the arena and the tape reach their steady size
-      const long before = g_allocations.load();
+      const long before = rechub::testing::allocations();
       for (int i = 0; i < 5; ++i) step();
-      CHECK(g_allocations.load() - before == 0);
+      CHECK(rechub::testing::allocations() - before == 0);
     }
 }
 

@@ -15,26 +15,7 @@
 
 using namespace rechub;
 
-// Counts every operator new in this program, to prove steady-state steps allocate nothing.
-namespace {
-std::atomic<long> g_allocations{0};
-}
-void* operator new(std::size_t n) {
-  ++g_allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-// GCC cannot see that our operator new is malloc, and warns about the matching free.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpragmas"
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#include "alloc_counter.hpp"  // counts operator new: steady-state steps must allocate nothing
 
 namespace {
 
@@ -286,9 +267,9 @@ TEST_CASE("Adam step and zero_grad allocate nothing after the first step") {
     opt.zero_grad();
   };
   one_step(0);  // warms the OpenMP pool and the row set's capacity
-  const long before = g_allocations.load();
+  const long before = rechub::testing::allocations();
   for (int s = 1; s < 4; ++s) one_step(s);
-  CHECK(g_allocations.load() - before == 0);
+  CHECK(rechub::testing::allocations() - before == 0);
 }
 
 TEST_CASE("clip_grad_norm returns the pre-clip norm and scales like torch") {
