@@ -159,7 +159,7 @@ inline Tensor read_npy(const std::string& path) {
   const std::uint64_t file_size = static_cast<std::uint64_t>(in.tellg());
   in.seekg(0, std::ios::beg);
 
-  unsigned char pre[10] = {};
+  unsigned char pre[12] = {};  // magic (6) + version (2) + header length (2 in v1, 4 in v2/v3)
   in.read(reinterpret_cast<char*>(pre), 8);
   RECHUB_CHECK_AS(DataError, in.gcount() == 8 && std::memcmp(pre, "\x93NUMPY", 6) == 0, "read_npy: '", path,
                   "' is not a .npy file (bad magic)");
