@@ -9,10 +9,10 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <iostream>
 #include <string>
-#include <sys/stat.h>
 
 #include <nlohmann/json.hpp>
 #include <rechub/rechub.hpp>
@@ -27,14 +27,9 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 void make_dir(const std::string& d) {
-  std::string cur;
-  for (std::size_t i = 0; i <= d.size(); ++i) {
-    if (i == d.size() || d[i] == '/') {
-      if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
-        detail::throw_error<Error>("cannot create directory ", cur, ": ", std::strerror(errno));
-    }
-    if (i < d.size()) cur += d[i];
-  }
+  std::error_code ec;
+  std::filesystem::create_directories(d, ec);
+  if (ec) detail::throw_error<Error>("cannot create directory ", d, ": ", ec.message());
 }
 
 json read_json(const std::string& path) {

@@ -13,7 +13,6 @@
 #include "rechub/data/csv_reader.hpp"
 #include "rechub/data/movielens.hpp"
 #include "rechub/data/synthetic.hpp"
-#include "rechub/io/atomic_file.hpp"
 
 namespace rechub {
 
@@ -44,7 +43,7 @@ inline Interactions load_interactions(const std::string& spec, const std::string
   if (!schema_path.empty()) {
     nlohmann::json schema;
     try {
-      schema = nlohmann::json::parse(read_file(schema_path));
+      schema = nlohmann::json::parse(text::read_file(schema_path, "schema"));
     } catch (const nlohmann::json::parse_error& e) {
       detail::throw_error<ConfigError>("schema ", schema_path, ": not valid JSON: ", e.what());
     }
