@@ -11,6 +11,7 @@
 #include "rechub/eval/metrics.hpp"
 #include "rechub/models/match_model.hpp"
 #include "rechub/retrieval/exact_index.hpp"
+#include "rechub/retrieval/merge.hpp"
 
 namespace rechub {
 
@@ -20,7 +21,8 @@ struct EvalOptions {
   std::int64_t batch_size = 4096;
 };
 
-/// Row-stacked tower outputs over a whole dataset (batched, eval mode, no tape).
+/// Row-stacked tower outputs over a whole dataset (batched, eval mode, no tape): [N, D], or
+/// [N, K, D] for a multi-interest user tower.
 template <class Tower>
 Tensor embed_all(const Dataset& data, std::int64_t batch_size, Tower&& tower) {
   BatchIterator it(data, batch_size, false);
@@ -28,8 +30,13 @@ Tensor embed_all(const Dataset& data, std::int64_t batch_size, Tower&& tower) {
   std::int64_t row = 0;
   while (const Batch* b = it.next()) {
     Tensor e = tower(*b);
-    if (!out.defined()) out = Tensor::empty({data.rows(), e.dim(1)});
-    std::copy(e.f32(), e.f32() + e.numel(), out.f32() + row * e.dim(1));
+    const std::int64_t per_row = e.numel() / e.dim(0);
+    if (!out.defined()) {
+      Shape s = e.shape();
+      s[0] = data.rows();
+      out = Tensor::empty(s);
+    }
+    std::copy(e.f32(), e.f32() + e.numel(), out.f32() + row * per_row);
     row += e.dim(0);
   }
   return out;
@@ -56,7 +63,8 @@ inline MetricMap evaluate_retrieval(MatchModel& m, const Dataset& test_users, co
   std::vector<std::int64_t> labels(ids.i32(), ids.i32() + ids.numel());
   ExactIndex index(item_vecs, opt.metric, labels);
   const std::int64_t k = std::min<std::int64_t>(kmax, index.size());
-  SearchResult r = index.search(user_vecs, k);
+  // Multi-interest users [U, K, D]: query with every interest, merge by max score, no duplicates.
+  SearchResult r = user_vecs.ndim() == 3 ? multi_interest_search(index, user_vecs, k) : index.search(user_vecs, k);
   std::vector<std::vector<std::int64_t>> truth(targets.size()), pred(targets.size());
   for (std::size_t u = 0; u < targets.size(); ++u) {
     truth[u] = {targets[u]};

@@ -6,6 +6,9 @@
 //   neg_item_tower(batch)  -> [B, K, D]   vectors of each row's K sampled negatives
 //   user_embedding / item_embedding       the same towers in eval mode without a tape, as owned
 //                                         tensors: what `rechub embed` writes and services call.
+// Multi-interest models (MIND, ComiRec, SINE) have interest_num() = K > 1: their user_tower gives
+// [B, K, D] and train_user_tower(batch, pos) picks the vector each row trains against (label-aware
+// selection). Sequence models trained on every position (SASRec) expose position_states().
 // Which scores and loss a batch trains on is the trainer's Objective (train/objective.hpp); a
 // model only builds vectors. Configs round-trip through JSON so a checkpoint can rebuild it.
 #include <memory>
@@ -52,6 +55,20 @@ class MatchModel : public Module {
   virtual Var neg_item_tower(const Batch& batch) {
     (void)batch;
     detail::throw_error<ConfigError>(name(), ": no negative-item tower (train it with in-batch negatives)");
+  }
+  /// Vectors per user: 1 -> user_tower gives [B, D]; K > 1 -> [B, K, D] (multi-interest).
+  virtual int interest_num() const { return 1; }
+  /// The [B, D] user vector a training row is scored with, given its positive item vectors
+  /// `pos` [B, D]. Single-vector models ignore `pos`; multi-interest models select among their
+  /// K interests with it (Torch-RecHub: the interest with the highest <interest, pos>).
+  virtual Var train_user_tower(const Batch& batch, const Var& pos) {
+    (void)pos;
+    return user_tower(batch);
+  }
+  /// Per-position sequence states [B, L, D] (SASRec-style training on every position).
+  virtual Var position_states(const Batch& batch) {
+    (void)batch;
+    detail::throw_error<ConfigError>(name(), ": no per-position states (a per-position loss needs a sequence model)");
   }
   /// Score scale 1/temperature used by the model's own objective.
   virtual float temperature() const { return 1.0f; }

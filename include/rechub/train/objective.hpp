@@ -153,34 +153,15 @@ inline Tensor inbatch_columns(const Tensor& scores, const Tensor& item_ids, int 
 inline Var match_loss(MatchModel& model, const Batch& batch, const Objective& o, Rng& rng) {
   const float T = o.temperature > 0 ? o.temperature : model.temperature();
   const std::string kind = o.effective_loss();
-  Var u = model.user_tower(batch);
-  if (kind == "bce") {
-    Var v = model.item_tower(batch);
-    return bce_with_logits(row_dot(u, v, 1.0f / T), batch["label"]);
-  }
-  if (kind == "bpr" || kind == "hinge") {
-    Var v = model.item_tower(batch);
-    Var neg = model.neg_item_tower(batch);  // [B, K, D]
-    Var pos_s = row_dot(u, v), neg_s = group_dot(u, neg);
-    return kind == "bpr" ? bpr(pos_s, neg_s) : hinge(pos_s, neg_s, o.margin);
-  }
-  if (kind == "softmax") {
-    Var v = model.item_tower(batch);
-    Var neg = model.neg_item_tower(batch);
-    Var all = concat({unsqueeze(v, 1), neg}, 1);  // [B, 1 + K, D]
-    return listwise_softmax_ce(group_dot(u, all), T);
-  }
-  if (kind == "sbc") {
-    Var v = model.item_tower(batch);
-    return inbatch_cyclic_softmax(u, v, o.n_neg, T, detail::batch_log_q(batch, o), true);
-  }
+  const Tensor& ids = batch[o.item_col];
   if (kind == "full") {
     RECHUB_CHECK_AS(ConfigError, o.all_items != nullptr, "match_loss: loss 'full' needs Objective::all_items");
-    Var all = model.item_tower(*o.all_items);  // [N, D]
-    Var logits = matmul(u, all, false, true);   // [B, N]
-    const Tensor& ids = batch[o.item_col];
+    Var all = model.item_tower(*o.all_items);  // [N, D], row r = item id r + 1
     Tensor target = step_arena().tensor({ids.dim(0)}, DType::i32);
     for (std::int64_t b = 0; b < ids.dim(0); ++b) target.i32()[b] = ids.i32()[b] - 1;
+    // Not item_tower(batch): a second pass would move the item tower's BatchNorm statistics.
+    Var u = model.interest_num() > 1 ? model.train_user_tower(batch, gather_rows(all, target)) : model.user_tower(batch);
+    Var logits = matmul(u, all, false, true);  // [B, N]
     if (o.log_q_correction && !o.log_q.empty()) {
       Tensor lq = step_arena().tensor({1, all.dim(0)});
       for (std::int64_t j = 0; j < all.dim(0); ++j) lq.f32()[j] = T * o.log_q[static_cast<std::size_t>(j + 1)];
@@ -188,9 +169,22 @@ inline Var match_loss(MatchModel& model, const Batch& batch, const Objective& o,
     }
     return softmax_cross_entropy(logits, target, T);
   }
-  RECHUB_CHECK_AS(ConfigError, kind == "inbatch", "match_loss: unknown loss '", kind, "'");
+  // Positive item vectors first: a multi-interest user tower selects its interest with them.
   Var v = model.item_tower(batch);
-  const Tensor& ids = batch[o.item_col];
+  Var u = model.train_user_tower(batch, v);
+  if (kind == "bce") return bce_with_logits(row_dot(u, v, 1.0f / T), batch["label"]);
+  if (kind == "bpr" || kind == "hinge") {
+    Var neg = model.neg_item_tower(batch);  // [B, K, D]
+    Var pos_s = row_dot(u, v), neg_s = group_dot(u, neg);
+    return kind == "bpr" ? bpr(pos_s, neg_s) : hinge(pos_s, neg_s, o.margin);
+  }
+  if (kind == "softmax") {
+    Var neg = model.neg_item_tower(batch);
+    Var all = concat({unsqueeze(v, 1), neg}, 1);  // [B, 1 + K, D]
+    return listwise_softmax_ce(group_dot(u, all), T);
+  }
+  if (kind == "sbc") return inbatch_cyclic_softmax(u, v, o.n_neg, T, detail::batch_log_q(batch, o), true);
+  RECHUB_CHECK_AS(ConfigError, kind == "inbatch", "match_loss: unknown loss '", kind, "'");
   if (o.in_batch_neg_ratio <= 0)
     return inbatch_softmax(u, v, T, o.log_q_correction ? detail::batch_log_q(batch, o) : nullptr,
                            o.mask_accidental_hits ? ids.i32() : nullptr);
