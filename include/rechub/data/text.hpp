@@ -18,33 +18,14 @@
 #include <vector>
 
 #include "rechub/core/error.hpp"
+#include "rechub/core/file.hpp"
 
 namespace rechub {
 namespace text {
 
 // ---- files and lines -------------------------------------------------------------------------
 
-/// The whole file as bytes; DataError "<who>: cannot open '<path>'" when it cannot be read.
-inline std::string read_file(const std::string& path, const char* who = "read_file") {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) throw DataError(std::string(who) + ": cannot open '" + path + "'");
-  std::string buf;
-  char chunk[1 << 16];
-  if (std::fseek(f, 0, SEEK_END) == 0) {
-    long n = std::ftell(f);
-    if (n > 0) buf.reserve(static_cast<std::size_t>(n));
-    std::fseek(f, 0, SEEK_SET);
-  }
-  for (;;) {
-    std::size_t got = std::fread(chunk, 1, sizeof(chunk), f);
-    buf.append(chunk, got);
-    if (got < sizeof(chunk)) break;
-  }
-  bool failed = std::ferror(f) != 0;  // e.g. the path is a directory
-  std::fclose(f);
-  if (failed) throw DataError(std::string(who) + ": cannot read '" + path + "'");
-  return buf;
-}
+using rechub::read_file;  // core/file.hpp: DataError "<who>: cannot open <path>: <reason>"
 
 /// `s` without a leading UTF-8 byte-order mark (spreadsheet exports start with one).
 inline std::string_view strip_bom(std::string_view s) {

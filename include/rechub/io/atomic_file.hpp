@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "rechub/core/error.hpp"
+#include "rechub/core/file.hpp"  // read_file, the reading half
 
 namespace rechub {
 
@@ -152,40 +153,5 @@ inline void write_file_atomic(const std::string& path, const std::string& bytes)
   write_file_atomic(path, bytes.data(), bytes.size());
 }
 
-/// The whole file as bytes; errors name the path.
-inline std::string read_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) {
-    const int err = errno;
-    detail::throw_error("read_file: cannot open ", path, ": ", detail::errno_text(err));
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    detail::throw_error("read_file: cannot stat ", path, ": ", detail::errno_text(err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    detail::throw_error("read_file: ", path, " is not a regular file");
-  }
-  std::string out;
-  out.resize(static_cast<std::size_t>(st.st_size));
-  std::size_t got = 0;
-  while (got < out.size()) {
-    const ::ssize_t r = ::read(fd, &out[got], out.size() - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      const int err = errno;
-      ::close(fd);
-      detail::throw_error("read_file: read failed on ", path, ": ", detail::errno_text(err));
-    }
-    if (r == 0) break;  // the file shrank under us: return what is there
-    got += static_cast<std::size_t>(r);
-  }
-  out.resize(got);
-  ::close(fd);
-  return out;
-}
 
 }  // namespace rechub
