@@ -1,17 +1,19 @@
-// Retrieval: ExactIndex against brute force, HnswIndex recall against ExactIndex, add/save/load,
-// exclusions, multi-interest merge.
+// Retrieval: ExactIndex against brute force, search_one's heap-free selection against a full sort
+// and the heap, HnswIndex recall against ExactIndex, add/save/load, exclusions, multi-interest merge.
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "alloc_counter.hpp"
 #include "gradcheck.hpp"
 #include "rechub/io/atomic_file.hpp"
 #include "rechub/retrieval/exact_index.hpp"
@@ -162,6 +164,156 @@ TEST_CASE("ExactIndex breaks ties by the lower row and maps rows to labels") {
                        "ExactIndex: label 1 appears twice (rows 0 and 3)", ConfigError);
   CHECK_THROWS_WITH_AS(index.search(Tensor::zeros({2, 4}), 3),
                        "ExactIndex::search: queries [2, 4] do not match items [6, 3] (expects last dim 3)", ShapeError);
+}
+
+namespace {
+
+/// The documented top-k of a score vector by a full sort: score descending, equal scores (-0 ==
+/// +0 included) by the lower row, NaN never; slots past the non-NaN count are (-inf, -1).
+void sorted_topk(const std::vector<float>& s, std::int64_t k, std::vector<float>& scores, std::vector<std::int32_t>& ids) {
+  std::vector<std::int32_t> rows;
+  for (std::size_t i = 0; i < s.size(); ++i)
+    if (!std::isnan(s[i])) rows.push_back(static_cast<std::int32_t>(i));
+  std::stable_sort(rows.begin(), rows.end(), [&](std::int32_t a, std::int32_t b) { return s[a] > s[b]; });
+  scores.assign(static_cast<std::size_t>(k), -std::numeric_limits<float>::infinity());
+  ids.assign(static_cast<std::size_t>(k), -1);
+  for (std::size_t j = 0; j < rows.size() && j < static_cast<std::size_t>(k); ++j) {
+    scores[j] = s[rows[j]];
+    ids[j] = rows[j];
+  }
+}
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+/// search_one over items [N, 1] with the query {1}: every score is exactly the item's value (one
+/// product by 1; only a -0 item comes out as +0, the GEMV's accumulator starting at +0), so the
+/// selection sees `s` itself. Checks ids and score bits against the full sort, and against the
+/// heap-based batch search, which computes the same exact products.
+void check_selection(const std::vector<float>& s, std::int64_t k, const std::string& what) {
+  CAPTURE(what);
+  CAPTURE(k);
+  const auto n = static_cast<std::int64_t>(s.size());
+  ExactIndex index(Tensor::from_vector({n, 1}, s.data()));
+  std::vector<float> want_s, got_s(static_cast<std::size_t>(k));
+  std::vector<std::int32_t> want_ids, got_ids(static_cast<std::size_t>(k));
+  sorted_topk(s, k, want_s, want_ids);
+  const float one = 1.0f;
+  ExactIndex::Scratch scratch(index, k);
+  index.search_one(&one, k, got_s.data(), got_ids.data(), scratch);
+  CHECK(got_ids == want_ids);
+  int bad_bits = 0;
+  for (std::int64_t j = 0; j < k; ++j) bad_bits += !(same_bits(got_s[j], want_s[j]) || (got_s[j] == 0 && want_s[j] == 0));
+  CHECK(bad_bits == 0);
+  // The heap (batched path) gives the same ids and score bits.
+  SearchResult heap = index.search(Tensor::from_vector({1, 1}, &one), k);
+  CHECK(std::vector<std::int32_t>(heap.ids.i32(), heap.ids.i32() + k) == got_ids);
+  int bad_heap_bits = 0;
+  for (std::int64_t j = 0; j < k; ++j) bad_heap_bits += !same_bits(heap.scores.f32()[j], got_s[j]);
+  CHECK(bad_heap_bits == 0);
+}
+
+}  // namespace
+
+TEST_CASE("ExactIndex::search_one selects exactly what a full sort does (ties, NaN, infinities, -0, any k)") {
+  Rng rng(41);
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  auto random_scores = [&](std::int64_t n) {
+    std::vector<float> s(static_cast<std::size_t>(n));
+    for (auto& v : s) v = static_cast<float>(rng.normal());
+    return s;
+  };
+  // One block (3,706 = MovieLens-1M's catalogue) and three blocks (4096 + 4096 + 1808).
+  for (std::int64_t n : {3706, 10000}) {
+    for (std::int64_t k : {1, 2, 10, 100, 1000}) check_selection(random_scores(n), k, "gaussian");
+    std::vector<float> ties(static_cast<std::size_t>(n));  // 8 distinct values: every boundary is a tie
+    for (auto& v : ties) v = static_cast<float>(rng.below(8));
+    for (std::int64_t k : {1, 100, 700}) check_selection(ties, k, "8 distinct values");
+    check_selection(std::vector<float>(static_cast<std::size_t>(n), 0.5f), 100, "all equal");
+    std::vector<float> rising(static_cast<std::size_t>(n)), falling(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i) {
+      rising[i] = static_cast<float>(i);  // the best items sit in the last block
+      falling[i] = static_cast<float>(-i);
+    }
+    check_selection(rising, 100, "rising");
+    check_selection(falling, 100, "falling");
+    // NaN is never returned (excluded items are NaN-masked); infinities are ordinary scores.
+    std::vector<float> odd = random_scores(n);
+    for (std::int64_t i = 0; i < n; i += 3) odd[i] = nan;
+    odd[5] = inf;
+    odd[7] = -inf;
+    odd[11] = -inf;
+    check_selection(odd, 100, "NaN every third, +-inf");
+    check_selection(odd, n, "NaN every third, k = N pads");
+    // -0 and +0 compare equal: their order is by row, and the returned score keeps its sign.
+    std::vector<float> zeros(static_cast<std::size_t>(n), -1.0f);
+    for (std::int64_t i = 0; i < 300; ++i) zeros[static_cast<std::size_t>(rng.below(static_cast<std::uint64_t>(n)))] = (i % 2) ? 0.0f : -0.0f;
+    check_selection(zeros, 100, "mixed -0 and +0 at the boundary");
+    check_selection(zeros, 400, "mixed -0 and +0, then -1");
+    // Fewer than k real scores in the first block: the later blocks fill the result.
+    std::vector<float> sparse = random_scores(n);
+    for (std::int64_t i = 0; i < std::min<std::int64_t>(n, 4096); ++i)
+      if (i % 97) sparse[i] = nan;
+    check_selection(sparse, 100, "first block mostly NaN");
+    std::vector<float> all_nan(static_cast<std::size_t>(n), nan);
+    all_nan[n - 1] = 1.0f;
+    check_selection(all_nan, 3, "one real score");
+    std::vector<float> all_inf(static_cast<std::size_t>(n), -inf);
+    check_selection(all_inf, 100, "all -inf (real items, not empty slots)");
+  }
+  // k >= N, k == N, tiny catalogues.
+  check_selection(random_scores(50), 50, "k == N");
+  check_selection(random_scores(50), 53, "k > N");
+  check_selection(random_scores(1), 1, "one item");
+  check_selection(random_scores(399), 100, "n just under 4k: no group bound");
+  check_selection(random_scores(400), 100, "n == 4k: group bound");
+}
+
+TEST_CASE("search_one's rank keys order like the heap and give back the exact score") {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float values[] = {-inf, -std::numeric_limits<float>::max(), -1.5f, -std::numeric_limits<float>::denorm_min(),
+                          -0.0f, 0.0f, std::numeric_limits<float>::denorm_min(), 1e-30f, 1.0f,
+                          std::numeric_limits<float>::max(), inf};
+  const std::int32_t rows[] = {0, 1, 77, std::numeric_limits<std::int32_t>::max() - 1};
+  std::vector<detail::TopkEntry> entries;
+  for (float v : values)
+    for (std::int32_t r : rows) entries.push_back({v, r});
+  for (const auto& a : entries) {
+    const std::uint64_t ka = detail::topk_rank_key(a.score, a.row);
+    CHECK(same_bits(detail::topk_key_score(ka), a.score));
+    CHECK(detail::topk_key_row(ka) == a.row);
+    for (const auto& b : entries) {
+      if (a.row == b.row && a.score == b.score) continue;  // one item: -0 and +0 never share a row
+      const std::uint64_t kb = detail::topk_rank_key(b.score, b.row);
+      CHECK((ka < kb) == detail::topk_worse(b, a));  // -0 vs +0 included: a tie broken by the row
+    }
+  }
+}
+
+TEST_CASE("ExactIndex::search_one allocates nothing once its Scratch holds k, and agrees with search") {
+  Rng rng(43);
+  Tensor items = gaussian(9000, 16, rng), queries = gaussian(20, 16, rng);
+  for (Metric metric : {Metric::inner_product, Metric::cosine}) {
+    ExactIndex index(items, metric);
+    index.exclude(7);
+    ExactIndex::Scratch scratch(index, 100);
+    std::vector<float> s(100);
+    std::vector<std::int32_t> ids(100);
+    const std::int64_t drop[] = {3, 4000, 8999, 123456};
+    index.search_one(queries.f32(), 100, s.data(), ids.data(), scratch, drop, 4);  // warm
+    const long before = testing::allocations();
+    for (std::int64_t q = 0; q < 20; ++q) index.search_one(queries.f32() + q * 16, 100, s.data(), ids.data(), scratch, drop, 4);
+    CHECK(testing::allocations() == before);
+    // Same ids as the batched (heap) search; the kernels differ (GEMV vs GEMM), so scores may
+    // differ in the last bit, and none of these 20 queries has a near-tie that this would reorder.
+    ExcludeLists ex;
+    for (std::int64_t q = 0; q < 20; ++q) ex.add(drop, 4);
+    SearchResult r = index.search(queries, 100, &ex);
+    for (std::int64_t q = 0; q < 20; ++q) {
+      index.search_one(queries.f32() + q * 16, 100, s.data(), ids.data(), scratch, drop, 4);
+      CHECK(ids == std::vector<std::int32_t>(r.ids.i32() + q * 100, r.ids.i32() + (q + 1) * 100));
+      for (int j = 0; j < 100; ++j) CHECK(s[j] == doctest::Approx(r.scores.f32()[q * 100 + j]).epsilon(1e-6));
+    }
+  }
 }
 
 TEST_CASE("ExactIndex exclusions: a padding row is never returned, per-query lists drop items") {

@@ -24,11 +24,13 @@ inline std::vector<std::int32_t> user_items(const Interactions& data, std::int32
   return items;
 }
 
-/// One-row batch: user_col, user profile columns, hist_<item_col> and hist_<attr> for `attrs`.
-inline Dataset user_request(const Interactions& data, std::int32_t user, const MatchSampleOptions& opt) {
+/// One-row batch from a history the caller already holds (`items`: the user's items in time order,
+/// e.g. from a service's history store): user_col, user profile columns, hist_<item_col> and
+/// hist_<attr> for opt.item_attribute_cols.
+inline Dataset user_request(const Interactions& data, std::int32_t user, const std::vector<std::int32_t>& items,
+                            const MatchSampleOptions& opt) {
   RECHUB_CHECK_AS(DataError, user >= 1 && user <= data.num_users(), "user_request: user code ", user,
                   " out of range 1..", data.num_users());
-  const std::vector<std::int32_t> items = user_items(data, user);
   Dataset d;
   d.set(data.user_col, Tensor::from_vector({1}, &user));
   for (const auto& c : data.user_features) d.set(c.name, Tensor::from_vector({1}, &c.codes[static_cast<std::size_t>(user)]));
@@ -48,6 +50,13 @@ inline Dataset user_request(const Interactions& data, std::int32_t user, const M
   std::int32_t n = static_cast<std::int32_t>(items.size());
   d.set("histlen_" + data.item_col, Tensor::from_vector({1}, &n));
   return d;
+}
+
+/// One-row batch for user `user`, its history read from `data` (a scan of the whole log).
+inline Dataset user_request(const Interactions& data, std::int32_t user, const MatchSampleOptions& opt) {
+  RECHUB_CHECK_AS(DataError, user >= 1 && user <= data.num_users(), "user_request: user code ", user,
+                  " out of range 1..", data.num_users());
+  return user_request(data, user, user_items(data, user), opt);
 }
 
 }  // namespace rechub

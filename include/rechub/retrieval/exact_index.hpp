@@ -12,16 +12,22 @@
 // the number of eligible items are padded with label -1 and score -inf. Batched search splits the
 // queries over OpenMP threads (static chunks, so results never depend on the thread count).
 // search_one (serving) runs one query on the calling thread, GEMV per item block, and allocates
-// nothing once its Scratch holds k entries.
+// nothing once its Scratch holds k entries. It selects without a heap (~460 heap insertions with
+// unpredictable branches cost more than the GEMV): the scores are dealt into 2k groups, and the
+// k-th largest group maximum is a bound that at least k scores reach (one per group), so nothing
+// below it can be in the top k. About 1.35k candidates pass it; only those are keyed and ordered.
+// Later item blocks keep what ranks before the k-th best so far. The order is the heap's (score
+// descending, then the lower row), so both paths return the same ids in the same order.
 //
 // Exclusions, for the two cases evaluation needs:
 //  * exclude(label): never return this item (the padding row 0 of an embedding table: build the
 //    index on the whole table and call index.exclude(0)).
 //  * ExcludeLists: per-query labels to leave out (e.g. a user's training history).
-// Excluded items are masked with NaN in the score tile; a NaN never enters a heap.
+// Excluded items are masked with NaN in the score tile; a NaN never enters a heap or a candidate list.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -131,6 +137,137 @@ inline void topk_sort(TopkEntry* heap, std::int64_t k) {
   std::sort(heap, heap + k, [](const TopkEntry& a, const TopkEntry& b) { return topk_worse(b, a); });
 }
 
+/// Ordering key of a candidate for search_one: a smaller key ranks first (higher score, then the
+/// lower row: the heap's order), so candidates sort as plain integers. High 32 bits: the score's
+/// bits mapped to descending unsigned order, -0 as +0 (the two compare equal, so their tie goes
+/// to the row as in the heap). Low 32 bits: row << 1 (rows < 2^31 - 1), plus 1 for a -0 score so
+/// that topk_key_score returns the exact float. NaN is never keyed.
+inline std::uint64_t topk_rank_key(float v, std::int32_t row) {
+  std::uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  const std::uint32_t neg_zero = u == 0x80000000u;
+  if (neg_zero) u = 0;
+  const std::uint32_t ascending = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (static_cast<std::uint64_t>(~ascending) << 32) | (static_cast<std::uint32_t>(row) << 1) | neg_zero;
+}
+inline std::int32_t topk_key_row(std::uint64_t key) { return static_cast<std::int32_t>((key & 0xffffffffu) >> 1); }
+inline float topk_key_score(std::uint64_t key) {
+  if (key & 1u) return -0.0f;
+  const std::uint32_t ascending = ~static_cast<std::uint32_t>(key >> 32);
+  const std::uint32_t u = (ascending & 0x80000000u) ? (ascending & 0x7fffffffu) : ~ascending;
+  float v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+/// A lower bound for the k-th largest of s[0, n) (n >= 2k), or -inf: the scores are dealt into
+/// 2k groups (group i holds s[i], s[i + 2k], ...) and the bound is the k-th largest group maximum.
+/// Each of those k groups holds a score at least that high, so a score below it cannot be in the
+/// top k. NaN is ignored; a bound of -inf lets every non-NaN score through. `maxima` holds 2k
+/// floats. Strided groups make the maxima one vectorisable pass.
+inline float topk_group_bound(const float* s, std::int64_t n, std::int64_t k, float* maxima) {
+  const std::int64_t groups = 2 * k;
+  std::fill(maxima, maxima + groups, -std::numeric_limits<float>::infinity());
+  for (std::int64_t r = 0; r < n; r += groups) {
+    const float* p = s + r;
+    const std::int64_t m = std::min(groups, n - r);
+    for (std::int64_t i = 0; i < m; ++i) maxima[i] = p[i] > maxima[i] ? p[i] : maxima[i];  // false for NaN
+  }
+  std::nth_element(maxima, maxima + (k - 1), maxima + groups, [](float a, float b) { return a > b; });
+  return maxima[k - 1];
+}
+
+/// Offsets j of the scores s[j] >= t (never NaN) into picked[0, count), returns count. Branch-free
+/// (about 1 in 30 passes, unpredictably): every offset is written, and kept only if it passes, so
+/// picked holds n + 1 entries.
+inline std::int64_t topk_pick(const float* s, std::int64_t n, float t, std::int32_t* picked) {
+  std::int64_t c = 0;
+  for (std::int64_t j = 0; j < n; ++j) {
+    picked[c] = static_cast<std::int32_t>(j);
+    c += s[j] >= t;
+  }
+  return c;
+}
+
+/// search_one's selection: the top k of scores that arrive block by block, without a heap.
+///   reserve(k, block); start(k); add(s, n, row0) per block (rows ascending); finish() -> count;
+///   then score(j), row(j) for j < count, best first.
+/// Until k candidates are known, a block is cut by topk_group_bound and picked branch-free. Then
+/// nth_element finds the k-th best, and later blocks add only what ranks before it; candidates
+/// pile up to 2k before the next nth_element (one per block would cost O(k) per block for the
+/// handful of items a late block adds). Allocates only in reserve.
+class TopkSelector {
+ public:
+  void reserve(std::int64_t k, std::int64_t block) {
+    const auto b = static_cast<std::size_t>(std::max<std::int64_t>(block, 1));
+    const auto kk = static_cast<std::size_t>(std::max<std::int64_t>(k, 0));
+    if (maxima_.size() < b / 2) maxima_.resize(b / 2);  // 2k group maxima, used when 4k <= block
+    if (picked_.size() < b + 1) picked_.resize(b + 1);
+    if (keys_.size() < 2 * kk + b) keys_.resize(2 * kk + b);  // up to 2k kept + one block's additions
+  }
+  void start(std::int64_t k) {
+    k_ = k;
+    c_ = 0;
+    kth_ = kNone;
+  }
+  /// Offers s[0, n) as rows row0, row0 + 1, ... (n <= the reserved block; NaN never selected).
+  void add(const float* s, std::int64_t n, std::int32_t row0) {
+    std::uint64_t* keys = keys_.data();
+    std::int64_t c = c_;
+    if (kth_ != kNone) {  // at least k candidates rank at or before kth_
+      const std::uint64_t kth = kth_;
+      const float t = topk_key_score(kth);
+      auto offer = [&](std::int64_t j) {
+        if (!(s[j] >= t)) return;
+        const std::uint64_t key = topk_rank_key(s[j], static_cast<std::int32_t>(row0 + j));
+        if (key < kth) keys[c++] = key;
+      };
+      // Almost nothing passes once k good items are known: one branch per 8 scores (a branch per
+      // score ran at half the speed of the heap's scan). Compares, not a max, so that NaN (false
+      // in every compare) can never hide a passing score.
+      std::int64_t j = 0;
+      for (; j + 8 <= n; j += 8) {
+        const float* p = s + j;
+        const bool any = (p[0] >= t) | (p[1] >= t) | (p[2] >= t) | (p[3] >= t) | (p[4] >= t) | (p[5] >= t) |
+                         (p[6] >= t) | (p[7] >= t);
+        if (any)
+          for (int l = 0; l < 8; ++l) offer(j + l);
+      }
+      for (; j < n; ++j) offer(j);
+    } else {
+      const float t = n >= 4 * k_ ? topk_group_bound(s, n, k_, maxima_.data()) : -std::numeric_limits<float>::infinity();
+      std::int32_t* picked = picked_.data();
+      const std::int64_t m = topk_pick(s, n, t, picked);
+      for (std::int64_t i = 0; i < m; ++i) keys[c++] = topk_rank_key(s[picked[i]], row0 + picked[i]);
+    }
+    if (c >= (kth_ == kNone ? k_ : 2 * k_)) {
+      std::nth_element(keys, keys + (k_ - 1), keys + c);  // keys[k - 1] becomes the k-th best
+      c = k_;
+      kth_ = keys[k_ - 1];
+    }
+    c_ = c;
+  }
+  /// Orders the best k (or all, when fewer are not NaN) first; returns how many there are.
+  std::int64_t finish() {
+    if (c_ > k_) {
+      std::nth_element(keys_.data(), keys_.data() + (k_ - 1), keys_.data() + c_);
+      c_ = k_;
+    }
+    std::sort(keys_.data(), keys_.data() + c_);
+    return c_;
+  }
+  float score(std::int64_t j) const { return topk_key_score(keys_[static_cast<std::size_t>(j)]); }
+  std::int32_t row(std::int64_t j) const { return topk_key_row(keys_[static_cast<std::size_t>(j)]); }
+
+ private:
+  static constexpr std::uint64_t kNone = ~std::uint64_t(0);  // above every real key
+  std::vector<float> maxima_;
+  std::vector<std::int32_t> picked_;
+  std::vector<std::uint64_t> keys_;
+  std::int64_t k_ = 0, c_ = 0;
+  std::uint64_t kth_ = kNone;
+};
+
 /// x / max(|x|, 1e-12), like torch.nn.functional.normalize.
 inline void normalize_row(const float* x, float* y, std::int64_t d) {
   double ss = 0;
@@ -172,15 +309,16 @@ class ExactIndex {
     Scratch(const ExactIndex& index, std::int64_t max_k) { reserve(index, max_k); }
     void reserve(const ExactIndex& index, std::int64_t max_k) {
       if (static_cast<std::int64_t>(query_.size()) < index.dim()) query_.resize(static_cast<std::size_t>(index.dim()));
-      if (scores_.size() < static_cast<std::size_t>(kBlockItems)) scores_.resize(kBlockItems);
-      if (static_cast<std::int64_t>(heap_.size()) < max_k) heap_.resize(static_cast<std::size_t>(max_k));
+      const std::int64_t block = std::min(kBlockItems, std::max<std::int64_t>(index.size(), 1));
+      if (static_cast<std::int64_t>(scores_.size()) < block) scores_.resize(static_cast<std::size_t>(block));
+      select_.reserve(max_k, block);
       if (rows_.capacity() < 256) rows_.reserve(256);  // exclusion lists up to 256 labels stay allocation-free
     }
 
    private:
     friend class ExactIndex;
     std::vector<float> query_, scores_;
-    std::vector<detail::TopkEntry> heap_;
+    detail::TopkSelector select_;
     std::vector<std::int32_t> rows_;
   };
 
@@ -332,8 +470,8 @@ class ExactIndex {
       if (r >= 0) rows.push_back(static_cast<std::int32_t>(r));
     }
     std::sort(rows.begin(), rows.end());
-    detail::TopkEntry* heap = scratch.heap_.data();
-    detail::topk_reset(heap, k);
+    detail::TopkSelector& select = scratch.select_;
+    select.start(k);
     float* s = scratch.scores_.data();
     for (std::int64_t b0 = 0; b0 < n_; b0 += kBlockItems) {
       const std::int64_t nb = std::min(kBlockItems, n_ - b0);
@@ -343,9 +481,13 @@ class ExactIndex {
           Eigen::Map<const detail::RowMat>(items_.f32() + b0 * d_, nb, d_) * Eigen::Map<const Eigen::VectorXf>(qp, d_);
       mask_rows(s, b0, nb, excluded_rows_.data(), excluded_rows_.data() + excluded_rows_.size());
       mask_rows(s, b0, nb, rows.data(), rows.data() + rows.size());
-      detail::topk_scan(s, nb, static_cast<std::int32_t>(b0), heap, k);
+      select.add(s, nb, static_cast<std::int32_t>(b0));
     }
-    write_out(heap, k, scores, labels);
+    const std::int64_t c = select.finish();
+    for (std::int64_t j = 0; j < k; ++j) {
+      scores[j] = j < c ? select.score(j) : -std::numeric_limits<float>::infinity();
+      labels[j] = static_cast<Label>(j < c ? label_of(select.row(j)) : kNoLabel);
+    }
   }
 
   /// search_one with the index's own scratch: not safe to call from two threads at once.
