@@ -55,6 +55,10 @@ struct Experiment {
   bool validation = false;  // hold out the second-to-last item instead of the last (tuning)
   Interactions data;
   MatchData samples;
+  // Early stopping (recipe patience > 0): the model trains on every user's items but the last
+  // two, stops on the second-to-last (valid_test), and is tested on the last with the full history.
+  Dataset valid_test;
+  std::vector<std::int32_t> valid_targets;
   FeatureSchema features;
   json model_config;
   std::unique_ptr<MatchModel> model;
@@ -72,7 +76,22 @@ struct Experiment {
     std::fprintf(stderr, "data: %s, %zu interactions, %d users, %d items (%.2f s)\n",
                  dataset_name(data, spec).c_str(), data.size(), data.num_users(), data.num_items(), load_seconds);
     t0 = std::chrono::steady_clock::now();
-    samples = prepare_samples(data, recipe);
+    if (recipe.trainer.patience > 0) {
+      samples = prepare_samples(drop_last_interaction(data), recipe);
+      valid_test = std::move(samples.test);
+      valid_targets = std::move(samples.test_targets);
+      MatchSampleOptions so = recipe.samples;
+      so.mode = 0;
+      so.neg_ratio = 0;
+      MatchData full = generate_seq_feature_match(data, so);
+      samples.test = std::move(full.test);
+      samples.test_targets = std::move(full.test_targets);
+      samples.test_users = std::move(full.test_users);
+      samples.n_test = full.n_test;
+      samples.item_counts = std::move(full.item_counts);
+    } else {
+      samples = prepare_samples(data, recipe);
+    }
     recipe.trainer.objective.all_items = &samples.items;
     sample_seconds = seconds_since(t0);
     std::fprintf(stderr, "samples: %lld training rows, %lld test users, %lld cold users dropped (%.2f s)\n",
@@ -104,14 +123,20 @@ Experiment open_run(const std::string& dir) {
   return ex;
 }
 
+EvalOptions eval_options(const Experiment& ex) {
+  EvalOptions opt;
+  opt.metric = parse_metric(ex.recipe.metric);
+  return opt;
+}
+
 MetricMap evaluate(Experiment& ex) {
   return evaluate_retrieval(*ex.model, ex.samples.test, ex.samples.test_targets, ex.samples.items,
-                            ex.samples.item_col);
+                            ex.samples.item_col, eval_options(ex));
 }
 
 int cmd_train(const std::string& model, const std::string& data, const std::string& schema,
               const std::string& config, const std::string& recipe_name, int epochs, std::int64_t batch_size,
-              double lr, const std::string& out, int threads, std::uint64_t seed, bool validation) {
+              double lr, const std::string& out, int threads, std::uint64_t seed, bool validation, int patience) {
   if (threads > 0) set_num_threads(threads);
   Experiment ex;
   ex.recipe = make_recipe(model, recipe_name);
@@ -119,6 +144,7 @@ int cmd_train(const std::string& model, const std::string& data, const std::stri
   if (epochs >= 0) ex.recipe.trainer.epochs = epochs;
   if (batch_size > 0) ex.recipe.trainer.batch_size = batch_size;
   if (lr > 0) ex.recipe.trainer.lr = lr;
+  if (patience >= 0) ex.recipe.trainer.patience = patience;
   if (seed) {
     ex.recipe.trainer.seed = seed;
     ex.recipe.samples.seed = seed;
@@ -135,7 +161,13 @@ int cmd_train(const std::string& model, const std::string& data, const std::stri
                static_cast<long long>(topt.batch_size), topt.lr);
   MatchTrainer trainer(*ex.model, topt);
   auto t0 = std::chrono::steady_clock::now();
-  const auto& hist = trainer.fit(ex.samples.train);
+  MatchTrainer::Validate validate;
+  if (topt.patience > 0)
+    validate = [&] {
+      return evaluate_retrieval(*ex.model, ex.valid_test, ex.valid_targets, ex.samples.items, ex.samples.item_col,
+                                eval_options(ex));
+    };
+  const auto& hist = trainer.fit(ex.samples.train, validate);
   const double train_seconds = seconds_since(t0);
   double epoch_seconds = 0;
   std::int64_t samples = 0;
@@ -159,6 +191,14 @@ int cmd_train(const std::string& model, const std::string& data, const std::stri
                  {"split", validation ? "validation" : "test"}};
   add_metrics(result, m);
   result["epochs"] = hist.size();
+  if (topt.patience > 0 && !hist.empty()) {
+    // The weights kept are those of the best validation epoch (what the test metrics above use).
+    std::size_t best = 0;
+    for (std::size_t e = 1; e < hist.size(); ++e)
+      if (hist[e].validation.at(topt.monitor) > hist[best].validation.at(topt.monitor)) best = e;
+    result["best_epoch"] = best + 1;
+    result["valid_" + topt.monitor] = hist[best].validation.at(topt.monitor);
+  }
   result["train_seconds"] = train_seconds;
   result["epoch_seconds"] = hist.empty() ? 0.0 : epoch_seconds / static_cast<double>(hist.size());
   result["samples_per_second"] = epoch_seconds > 0 ? static_cast<double>(samples) / epoch_seconds : 0.0;
@@ -244,9 +284,13 @@ int cmd_embed(const std::string& dir, const std::string& out_dir) {
   Tensor user_vecs;
   for (std::int32_t u = 1; u <= ex.data.num_users(); ++u) {
     Dataset req = user_request(ex.data, u, ex.recipe.samples);
-    Tensor e = ex.model->user_embedding(req);
-    if (!user_vecs.defined()) user_vecs = Tensor::empty({ex.data.num_users(), e.dim(1)});
-    std::copy(e.f32(), e.f32() + e.numel(), user_vecs.f32() + static_cast<std::int64_t>(u - 1) * e.dim(1));
+    Tensor e = ex.model->user_embedding(req);  // [1, D], or [1, K, D] for a multi-interest model
+    if (!user_vecs.defined()) {
+      Shape shape = e.shape();
+      shape[0] = ex.data.num_users();
+      user_vecs = Tensor::empty(shape);
+    }
+    std::copy(e.f32(), e.f32() + e.numel(), user_vecs.f32() + static_cast<std::int64_t>(u - 1) * e.numel());
   }
   Tensor item_vecs = embed_items(*ex.model, ex.samples.items);
   write_npy(out + "/user_embeddings.npy", user_vecs);
@@ -265,7 +309,7 @@ int cmd_retrieve(const std::string& dir, const std::string& raw_user, int k, boo
   Tensor item_vecs = embed_items(*ex.model, ex.samples.items);
   const Tensor& ids = ex.samples.items[ex.samples.item_col];
   std::vector<std::int64_t> labels(ids.i32(), ids.i32() + ids.numel());
-  ExactIndex index(item_vecs, Metric::cosine, labels);
+  ExactIndex index(item_vecs, parse_metric(ex.recipe.metric), labels);
   auto t0 = std::chrono::steady_clock::now();
   Dataset req = user_request(ex.data, user, ex.recipe.samples);
   Tensor u = ex.model->user_embedding(req);
@@ -277,7 +321,11 @@ int cmd_retrieve(const std::string& dir, const std::string& raw_user, int k, boo
   const std::int64_t kk = std::min<std::int64_t>(k, index.size() - static_cast<std::int64_t>(seen.size()));
   std::vector<float> scores(static_cast<std::size_t>(kk));
   std::vector<std::int64_t> top(static_cast<std::size_t>(kk));
-  index.search_one(u.f32(), kk, scores.data(), top.data(), seen.data(), static_cast<std::int64_t>(seen.size()));
+  if (u.ndim() == 3)  // K interests: query each, merge by best score
+    multi_interest_search_one(index, u.f32(), u.dim(1), kk, scores.data(), top.data(), MergeOptions{}, seen.data(),
+                              static_cast<std::int64_t>(seen.size()));
+  else
+    index.search_one(u.f32(), kk, scores.data(), top.data(), seen.data(), static_cast<std::int64_t>(seen.size()));
   const double latency_us = seconds_since(t0) * 1e6;
   json items = json::array();
   for (std::int64_t i = 0; i < kk; ++i) {
@@ -309,7 +357,9 @@ int main(int argc, char** argv) {
   bool include_seen = false, validation = false;
 
   auto* train = app.add_subcommand("train", "train a model, save it to --out and report its test metrics");
-  train->add_option("--model", model, "dssm, facebook_dssm, youtube_dnn, youtube_sbc")->capture_default_str();
+  std::string model_list;
+  for (const auto& n : model_names()) model_list += (model_list.empty() ? "" : ", ") + n;
+  train->add_option("--model", model, model_list)->capture_default_str();
   train->add_option("--data", data, "synthetic | MovieLens-1M dir | MovieLens-100K dir | CSV file")
       ->capture_default_str();
   train->add_option("--schema", schema, "JSON schema for a generic interactions CSV");
@@ -319,6 +369,9 @@ int main(int argc, char** argv) {
   train->add_option("--epochs", epochs, "override the recipe's epochs");
   train->add_option("--batch-size", batch_size, "override the recipe's batch size");
   train->add_option("--lr", lr, "override the recipe's learning rate");
+  int patience = -1;
+  train->add_option("--patience", patience,
+                    "early stopping: epochs without a better validation NDCG@10 (second-to-last items); 0 = off");
   train->add_option("--seed", seed, "seed for sampling, initialisation and shuffling (default 2022)");
   train->add_option("--threads", threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
   std::string samples;
@@ -347,7 +400,7 @@ int main(int argc, char** argv) {
     if (*train && !samples.empty()) return cmd_train_samples(samples, epochs, threads, out, seed);
     if (*train && out.empty()) throw ConfigError("train: --out is required");
     if (*train) return cmd_train(model, data, schema, config, recipe, epochs, batch_size, lr, out, threads, seed,
-                                 validation);
+                                 validation, patience);
     if (*ev) return cmd_eval(run);
     if (*emb) return cmd_embed(run, embed_out);
     if (*ret) return cmd_retrieve(run, user, k, include_seen);

@@ -70,7 +70,8 @@ TEST_CASE("every model builds from its JSON config and produces tower shapes") {
     end_step();
   }
   CHECK_THROWS_WITH_AS(make_model("nope", nlohmann::json::object()),
-                       "unknown model 'nope' (known: dssm, facebook_dssm, youtube_dnn, youtube_sbc)", ConfigError);
+                       "unknown model 'nope' (known: dssm, facebook_dssm, youtube_dnn, youtube_sbc, mind, comirec_dr, comirec_sa, sine, "
+                       "gru4rec, narm, stamp, sasrec)", ConfigError);
 }
 
 TEST_CASE("every objective trains: the loss falls over a few epochs") {

@@ -6,7 +6,9 @@
         trains it with MatchTrainer.train_one_epoch once per epoch (timed; torch 2 threads, seed 2022,
         DataLoader num_workers 0), embeds every test user and every item with MatchTrainer.inference_embedding,
         ranks ALL items by cosine (exact), and scores with torch_rechub.basic.metric.topk_metrics at K=10/50/100.
-        The last stdout line is one JSON object.
+        The last stdout line is one JSON object. Models: MODELS below; where Torch-RecHub 0.8.0 cannot run a model
+        through that path unchanged (NARM, STAMP, SASRec), the plumbing around the library's code is adapted and
+        README.md "Sequence and multi-interest models" says how.
 
     trh-python compare.py --from-movielens-100k PATH --model M --out DIR
         Runs Torch-RecHub's own example preprocessing (examples/matching/run_ml_<M>.py) on MovieLens and writes
@@ -31,7 +33,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sample_dir  # noqa: E402
 
 TOPKS = (10, 50, 100)
-MODELS = ("dssm", "youtube_dnn", "youtube_sbc", "facebook_dssm", "gru4rec", "mind")
+MODELS = ("dssm", "youtube_dnn", "youtube_sbc", "facebook_dssm", "gru4rec", "mind", "comirec_dr", "comirec_sa", "sine",
+          "narm", "stamp", "sasrec")
+# Models whose item vectors are rows of an embedding table that their item_tower cannot return in 0.8.0
+# (NARM/STAMP: item_tower needs item_feature, which switches forward() away from the full softmax their
+# example trains; SASRec: item_tower reads a nonexistent attribute). The table's rows are read directly.
+ITEM_TABLE = {"narm": lambda m: m.item_emb.weight, "stamp": lambda m: m.item_emb.weight,
+              "sasrec": lambda m: m.item_emb.embed_dict[SASREC_SEQ].weight}
+# SASRec's forward reads its history as x["seq"] whatever its feature is called: the sample directory's history
+# column (hist_<item>) is renamed to this, and the model's history feature is given this name (it owns the table;
+# the pos_/neg_ position features share it).
+SASREC_SEQ = "seq"
+# Models trained on batches padded to their longest history, as run_sbr.py's collate_fn does (NARM packs the
+# padded sequence and needs it; for STAMP it changes nothing but time).
+TRIM_HISTORY = ("narm", "stamp")
 
 
 def log(*a):
@@ -100,12 +115,87 @@ def build_model(meta):
     if name == "mind":
         return M.MIND(uf, hf, itf, nf, max_length=meta["seq_max_len"], temperature=temp,
                       interest_num=h.get("interest_num", 4))
+    if name == "comirec_dr":
+        return M.ComirecDR(uf, hf, itf, nf, max_length=meta["seq_max_len"], temperature=temp,
+                           interest_num=h.get("interest_num", 4))
+    if name == "comirec_sa":
+        return M.ComirecSA(uf, hf, itf, nf, temperature=temp, interest_num=h.get("interest_num", 4))
+    if name == "sine":  # SINE takes column names and builds its own item table
+        return M.SINE([f.name for f in hf], [f.name for f in itf], [f.name for f in nf],
+                      num_items=hf[0].vocab_size, embedding_dim=hf[0].embed_dim, hidden_dim=h["hidden_dim"],
+                      num_concept=h["num_concept"], num_intention=h["num_intention"], seq_max_len=meta["seq_max_len"],
+                      num_heads=h.get("num_heads", 1), temperature=temp)
+    if name == "narm":  # run_sbr.py: NARM(item_history_feature, hidden_dim, emb_dropout, session_rep_dropout)
+        return M.NARM(hf[0], h["hidden_dim"], h["emb_dropout"], h["session_rep_dropout"])
+    if name == "stamp":  # run_sbr.py: STAMP(item_history_feature, weight_std, emb_std)
+        return M.STAMP(hf[0], h["weight_std"], h["emb_std"])
+    if name == "sasrec":  # SASRec(features=[seq, pos, neg], max_len, dropout_rate, num_blocks, num_heads)
+        from torch_rechub.basic.features import SequenceFeature
+        seq = SequenceFeature(SASREC_SEQ, vocab_size=hf[0].vocab_size, embed_dim=hf[0].embed_dim, pooling="concat")
+        pf = [SequenceFeature(f["name"], vocab_size=f["vocab_size"], embed_dim=f["embed_dim"], pooling="concat",
+                              shared_with=SASREC_SEQ) for f in meta["position_features"]]
+        return M.SASRec([seq] + pf, max_len=h.get("max_len", meta["seq_max_len"]), dropout_rate=h.get("dropout", 0.5),
+                        num_blocks=h.get("num_blocks", 2), num_heads=h.get("num_heads", 1))
     raise SystemExit("compare.py: model %r is not supported (have: %s)" % (name, ", ".join(MODELS)))
 
 
-def to_model_input(part):
-    """Sample-dir arrays -> the dtypes Torch-RecHub's own pipeline feeds (int64 ids, as pandas produces)."""
-    return {k: (v.astype(np.int64) if v.dtype.kind == "i" else v) for k, v in part.items()}
+def position_pairs(sasrec, pos_col):
+    """SASRec trained by MatchTrainer mode 1: forward() gives per-position (pos_logits, neg_logits) [B, L], which
+    BPRLoss cannot take ([B*L, 1] - [B, L] does not broadcast). The wrapper hands BPRLoss the logits of the
+    non-padding positions (pos id != 0) as two 1-d tensors, so the library's loss is BPR averaged over every
+    real position: the SASRec objective with Torch-RecHub's pair-wise loss. Parameters are the model's own."""
+    import torch
+
+    class PositionPairs(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            pos_logits, neg_logits = self.inner(x)
+            real = x[pos_col] != 0
+            return pos_logits[real], neg_logits[real]
+
+    return PositionPairs(sasrec)
+
+
+def trimming_collate(column):
+    """default_collate, then cut `column` (post-padded histories) to the batch's longest history."""
+    from torch.utils.data.dataloader import default_collate
+
+    def collate(batch):
+        out = default_collate(batch)
+        x = out[0] if isinstance(out, (list, tuple)) else out
+        h = x[column]
+        x[column] = h[:, :max(1, int((h != 0).sum(dim=1).max()))]
+        return out
+
+    return collate
+
+
+def make_dataloaders(meta, x_train, y_train, x_test, x_items, batch_size, num_workers):
+    """MatchDataGenerator's three loaders (train shuffled; test and items in order), with run_sbr.py's per-batch
+    padding for the models in TRIM_HISTORY."""
+    from torch.utils.data import DataLoader
+    from torch_rechub.utils.data import MatchDataGenerator, PredictDataset, TorchDataset
+    if meta["model"] not in TRIM_HISTORY:
+        return MatchDataGenerator(x=x_train, y=y_train).generate_dataloader(x_test, x_items, batch_size=batch_size,
+                                                                            num_workers=num_workers)
+    collate = trimming_collate(meta["history_features"][0]["name"])
+    return (DataLoader(TorchDataset(x_train, y_train), batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                       collate_fn=collate),
+            DataLoader(PredictDataset(x_test), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                       collate_fn=collate),
+            DataLoader(PredictDataset(x_items), batch_size=batch_size, shuffle=False, num_workers=num_workers))
+
+
+def to_model_input(part, meta=None):
+    """Sample-dir arrays -> the dtypes Torch-RecHub's own pipeline feeds (int64 ids, as pandas produces); for
+    SASRec the history column is renamed to the "seq" its forward reads."""
+    rename = {}
+    if meta is not None and meta["model"] == "sasrec":
+        rename = {meta["history_features"][0]["name"]: SASREC_SEQ}
+    return {rename.get(k, k): (v.astype(np.int64) if v.dtype.kind == "i" else v) for k, v in part.items()}
 
 
 def exact_topk(user_emb, item_emb, k):
@@ -147,7 +237,6 @@ def run_samples(args):
     import torch_rechub  # noqa: F401
     from importlib import metadata
     from torch_rechub.trainers import MatchTrainer
-    from torch_rechub.utils.data import MatchDataGenerator
 
     sd = sample_dir.read_sample_dir(args.samples)
     sample_dir.validate(sd)
@@ -165,20 +254,28 @@ def run_samples(args):
     if "openblas" not in blas:
         log("WARNING: torch is not using OpenBLAS (%s); run through the trh-python launcher" % blas)
 
-    x_train = to_model_input(sd["train"])
+    x_train = to_model_input(sd["train"], meta)
     n_train = meta["n_train"]
+    batch = int(h["batch_size"])
     if meta["mode"] == 0:
         y_train = sd["train"]["label"].astype(np.float32)
+    elif h.get("loss") == "full":  # full softmax over every item id (run_sbr.py): the class is the target's id
+        y_train = x_train[meta["item_col"]]
     else:  # list-wise: class 0 is the positive; pair-wise: unused placeholder (as in the examples)
         y_train = np.zeros(n_train, dtype=np.int64)
+    if meta["model"] == "sasrec" and (n_train % batch == 1 or meta["n_test_users"] % batch == 1):
+        raise SystemExit("compare.py: SASRec.seq_forward squeezes a batch of one row into the wrong shape; "
+                         "%d train / %d test rows leave one at batch %d: pick another batch_size"
+                         % (n_train, meta["n_test_users"], batch))
     model = build_model(meta)
+    train_model = position_pairs(model, meta["position_features"][0]["name"]) if meta["model"] == "sasrec" else model
     n_params = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory(prefix="trh_compare_") as tmp:
-        trainer = MatchTrainer(model, mode=meta["mode"], optimizer_params={"lr": h["lr"], "weight_decay": h["weight_decay"]},
+        trainer = MatchTrainer(train_model, mode=meta["mode"],
+                               optimizer_params={"lr": h["lr"], "weight_decay": h["weight_decay"]},
                                n_epoch=epochs, device="cpu", model_path=tmp)
-        dg = MatchDataGenerator(x=x_train, y=y_train)
-        train_dl, test_dl, item_dl = dg.generate_dataloader(to_model_input(sd["test"]), to_model_input(sd["items"]),
-                                                            batch_size=int(h["batch_size"]), num_workers=args.num_workers)
+        train_dl, test_dl, item_dl = make_dataloaders(meta, x_train, y_train, to_model_input(sd["test"], meta),
+                                                      to_model_input(sd["items"]), batch, args.num_workers)
         log("torch-rechub %s on %s: model %s (%d parameters), mode %d, %d train samples, %d test users, %d items, "
             "%d epochs x batch %d, lr %g, threads %d, blas %s" %
             (metadata.version("torch-rechub"), args.samples, meta["model"], n_params, meta["mode"], n_train,
@@ -198,7 +295,11 @@ def run_samples(args):
         torch.save(model.state_dict(), os.path.join(tmp, "model.pth"))
         t = time.perf_counter()
         user_emb = trainer.inference_embedding(model=model, mode="user", data_loader=test_dl, model_path=tmp)
-        item_emb = trainer.inference_embedding(model=model, mode="item", data_loader=item_dl, model_path=tmp)
+        if meta["model"] in ITEM_TABLE:
+            ids = torch.as_tensor(sd["items"][meta["item_col"]].astype(np.int64))
+            item_emb = ITEM_TABLE[meta["model"]](model).detach()[ids]
+        else:
+            item_emb = trainer.inference_embedding(model=model, mode="item", data_loader=item_dl, model_path=tmp)
         infer_s = time.perf_counter() - t
     t = time.perf_counter()
     metrics = evaluate(sd, user_emb, item_emb)

@@ -98,8 +98,9 @@ def compare(a, b):
         t = sd["train"]
         if sd["meta"]["mode"] == 0 and "label" in t:
             return Counter(t[ic][t["label"] < 0.5].tolist())
-        if "neg_items" in t:
-            return Counter(t["neg_items"].reshape(-1).tolist())
+        for col in ("neg_items", "neg_" + ic):  # list-/pair-wise rows; SASRec's per-position negatives (0 = padding)
+            if col in t:
+                return Counter(v for v in t[col].reshape(-1).tolist() if v != 0)
         return Counter()
     na, nb = negatives(a), negatives(b)
     out["negatives"] = [sum(na.values()), sum(nb.values())]

@@ -17,7 +17,9 @@ import numpy as np
 
 FORMAT_VERSION = 1
 PARTS = ("train", "test", "items")
-FEATURE_LISTS = ("user_features", "history_features", "item_features", "neg_item_feature", "sample_weight_feature")
+# position_features: per-position target sequences trained against every position of the history (SASRec's pos/neg).
+FEATURE_LISTS = ("user_features", "history_features", "item_features", "neg_item_feature", "sample_weight_feature",
+                 "position_features")
 FEATURE_TYPES = ("sparse", "sequence", "dense")
 POOLINGS = ("mean", "sum", "concat")
 
@@ -64,6 +66,9 @@ def write_part(dirpath, columns):
         rows = arr.shape[0]
         _atomic_save(os.path.join(dirpath, name + ".npy"), arr)
     _atomic_text(os.path.join(dirpath, "columns.json"), json.dumps(list(columns.keys())) + "\n")
+    for n in os.listdir(dirpath):  # columns of an earlier export into the same folder
+        if n.endswith(".npy") and n[:-4] not in columns:
+            os.remove(os.path.join(dirpath, n))
 
 
 def write_sample_dir(path, meta, train, test, test_target, items):

@@ -19,6 +19,8 @@
 //    it is drawn with probability ~ pop_i * exp(taste_strength * <w, v_i>), w = b_u with
 //    probability step/(n-1) else a_u (the taste drifts); a user never repeats an item while an
 //    unseen one can be found.
+// With second_taste_share > 0 a user's taste draws come from two genres of its own instead (a
+// multi-interest model should cover both; tests/test_multi_interest_synthetic.cpp).
 // So history (successors, genres, recent taste), user features (cluster) and popularity all
 // carry signal. The drift matters: without it a user's favourite items are used up early, and
 // under Torch-RecHub's evaluation (seen items are not filtered) a two-tower model barely beats
@@ -56,6 +58,10 @@ struct SyntheticOptions {
   double user_noise = 0.3;             // spread of user latents around their cluster direction
   double taste_drift = 2.0;            // how far a cluster's taste moves over a user's timeline (0: no drift)
   double personal_drift = 0.5;         // extra, user-specific spread of the late taste
+  // Two-taste users (0, the default, keeps the story above): each user likes two distinct genres,
+  // and every taste draw (not a successor) takes an item of the second genre with this
+  // probability, else of the first, by popularity within the genre (the latent tastes are unused).
+  double second_taste_share = 0.0;
   std::uint64_t seed = 2022;
 };
 
@@ -185,11 +191,21 @@ inline Interactions generate_synthetic(const SyntheticOptions& o = {}) {
   data.timestamp.reserve(data.user.capacity());
 
   const bool drift = o.taste_drift > 0;
+  const bool two_tastes = o.second_taste_share > 0;
+  RECHUB_CHECK_AS(ConfigError, o.second_taste_share >= 0 && o.second_taste_share <= 1 && (!two_tastes || G >= 2), fn,
+                  ": second_taste_share must be in [0, 1] and needs >= 2 genres, got ", o.second_taste_share, " with ",
+                  G, " genres");
   std::vector<double> user_vec(2 * D);
   std::vector<double> cum[2] = {std::vector<double>(ni), std::vector<double>(drift ? ni : 0)};
   std::vector<std::int32_t> seen(ni + 1, 0);
   for (std::size_t u = 1; u <= nu; ++u) {
     const std::size_t k = detail::draw_cumulative(cluster_cum, rng);
+    std::size_t taste_genre[2] = {0, 0};
+    for (std::size_t t = 0; two_tastes && t < 2; ++t)
+      for (int tries = 0; tries < 1000; ++tries) {
+        taste_genre[t] = detail::draw_cumulative(genre_cum, rng);
+        if (!by_genre[taste_genre[t]].empty() && (t == 0 || taste_genre[1] != taste_genre[0])) break;
+      }
     const double fid = o.profile_fidelity;
     gender_raw[u] = rng.uniform() < p_male[k] ? "M" : "F";
     std::size_t age = rng.uniform() < fid ? age_mode[k] : rng.below(7);
@@ -236,7 +252,13 @@ inline Interactions generate_synthetic(const SyntheticOptions& o = {}) {
       const double progress = n > 1 ? static_cast<double>(step) / static_cast<double>(n - 1) : 0.0;
       const std::vector<double>& taste = drift && rng.uniform() < progress ? cum[1] : cum[0];
       for (int tries = 0; pick == 0; ++tries) {
-        const std::int32_t c = static_cast<std::int32_t>(detail::draw_cumulative(taste, rng) + 1);
+        std::int32_t c;
+        if (two_tastes) {
+          const std::size_t g = taste_genre[rng.uniform() < o.second_taste_share ? 1 : 0];
+          c = by_genre[g][detail::draw_cumulative(by_genre_cum[g], rng)];
+        } else {
+          c = static_cast<std::int32_t>(detail::draw_cumulative(taste, rng) + 1);
+        }
         if (seen[static_cast<std::size_t>(c)] != static_cast<std::int32_t>(u) || tries >= 64) pick = c;
       }
       seen[static_cast<std::size_t>(pick)] = static_cast<std::int32_t>(u);

@@ -7,13 +7,31 @@
 // Reading maps the Torch-RecHub example configuration in meta.json onto a rechub Recipe and a
 // model config, setting for setting. A sequence feature without padding_idx keeps Torch-RecHub's
 // semantics: no id is padding, so mean pooling averages all seq_max_len slots (padding_idx -1).
+//
+// Per model (meta.json "model" -> config; "hyper" keys in quotes):
+//   dssm, facebook_dssm, youtube_dnn, youtube_sbc   TwoTowerConfig ("dims", "item_dims", "activation",
+//                                                   "dropout", "temperature"; SBC: loss "sbc", "n_neg")
+//   gru4rec                GRU4RecConfig: user MLP "dims", "num_layers" (2), GRU without bias, padding run
+//                          through the GRU (mask_padding false, as Torch-RecHub), T = "temperature"
+//   mind, comirec_dr/_sa   MultiInterestConfig: "interest_num", "routing_times", "hidden_dim",
+//                          max_length = seq_max_len, T = 1 (Torch-RecHub never applies its temperature)
+//   sine                   SINEConfig: embed_dim, "hidden_dim", "num_concept", "num_intention",
+//                          "num_heads", seq_max_len, "temperature" (the aggregation's)
+//   narm, stamp            NARMConfig / STAMPConfig: "hidden_dim", "emb_dropout",
+//                          "session_rep_dropout" / "weight_std", "emb_std"; "loss": "full" (softmax over
+//                          every item, the target's id is the class)
+//   sasrec                 SASRecConfig: "max_len", "num_blocks", "num_heads", "dropout"; mode 1 trains
+//                          loss "position_bpr" on the position features pos_<item> / neg_<item>
 #include <string>
+#include <type_traits>
+#include <variant>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "rechub/io/atomic_file.hpp"
 #include "rechub/io/npy.hpp"
+#include "rechub/models/registry.hpp"
 #include "rechub/train/recipes.hpp"
 
 namespace rechub {
@@ -35,6 +53,16 @@ inline std::vector<Feature> sample_dir_features(const nlohmann::json& meta, cons
     out.push_back(f.get<Feature>());
   }
   return out;
+}
+// The one feature of meta[key] (history_features of the sequence models), as type T.
+template <class T>
+T sample_dir_single(const nlohmann::json& meta, const char* key, const std::string& dir) {
+  std::vector<Feature> fs = sample_dir_features(meta, key);
+  RECHUB_CHECK_AS(ConfigError, fs.size() == 1 && std::holds_alternative<T>(fs[0]), dir, "/meta.json: model '",
+                  meta.value("model", std::string()), "' needs exactly one ",
+                  std::is_same<T, SparseFeature>::value ? "sparse" : "sequence", " feature in ", key, ", got ",
+                  meta.contains(key) ? meta[key].dump() : std::string("none"));
+  return std::get<T>(fs[0]);
 }
 }  // namespace detail
 
@@ -83,14 +111,114 @@ inline SampleDir read_sample_dir(const std::string& dir) {
   o.mode = s.data.mode;
   o.item_col = s.data.item_col;
 
-  TwoTowerConfig c;
-  c.user_features = detail::sample_dir_features(m, "user_features");
-  c.item_features = detail::sample_dir_features(m, "item_features");
-  c.neg_item_features = detail::sample_dir_features(m, "neg_item_feature");
   const auto dims = h.value("dims", std::vector<std::int64_t>{});
   const auto item_dims = h.value("item_dims", dims);
   const std::string act = h.value("activation", std::string("relu"));
   const float dropout = h.value("dropout", 0.0f);
+  const std::string loss = h.value("loss", std::string());
+  RECHUB_CHECK_AS(ConfigError, loss.empty() || loss == "full", dir, "/meta.json: hyper.loss '", loss,
+                  "' is not understood (only \"full\")");
+  if (!loss.empty()) o.loss = loss;
+  const std::int64_t seq_max_len = r.samples.seq_max_len;
+
+  if (r.model == "gru4rec") {
+    GRU4RecConfig g;
+    g.user_features = detail::sample_dir_features(m, "user_features");
+    g.history_features = detail::sample_dir_features(m, "history_features");
+    g.item_features = detail::sample_dir_features(m, "item_features");
+    g.neg_item_features = detail::sample_dir_features(m, "neg_item_feature");
+    g.user_params = TowerParams{dims, act, dropout, true};
+    g.num_layers = h.value("num_layers", 2);
+    g.gru_bias = false;
+    g.mask_padding = false;  // Torch-RecHub feeds the padded history to nn.GRU unpacked
+    g.temperature = h.value("temperature", 1.0f);
+    s.model_config = gru4rec_json(g);
+    return s;
+  }
+  if (r.model == "mind" || r.model == "comirec_dr" || r.model == "comirec_sa") {
+    MultiInterestConfig mi;
+    mi.user_features = detail::sample_dir_features(m, "user_features");
+    mi.history_features = detail::sample_dir_features(m, "history_features");
+    mi.item_features = detail::sample_dir_features(m, "item_features");
+    mi.neg_item_features = detail::sample_dir_features(m, "neg_item_feature");
+    mi.interest_num = h.value("interest_num", 4);
+    mi.max_length = seq_max_len;
+    mi.routing_times = h.value("routing_times", 3);
+    mi.hidden_dim = h.value("hidden_dim", std::int64_t{0});
+    mi.temperature = 1.0f;  // the examples pass 0.02; the models' forward never divides by it
+    s.model_config = mi;
+    return s;
+  }
+  if (r.model == "sine") {
+    const auto hist = detail::sample_dir_single<SequenceFeature>(m, "history_features", dir);
+    const auto item = detail::sample_dir_single<SparseFeature>(m, "item_features", dir);
+    const auto neg = detail::sample_dir_features(m, "neg_item_feature");
+    SINEConfig c;
+    c.history_feature = hist.name;
+    c.item_feature = item.name;
+    c.neg_item_feature = neg.empty() ? std::string() : feature_name(neg[0]);
+    c.num_items = item.vocab_size;
+    c.embedding_dim = item.embed_dim;
+    c.hidden_dim = h.value("hidden_dim", c.hidden_dim);
+    c.num_concept = h.value("num_concept", c.num_concept);
+    c.num_intention = h.value("num_intention", c.num_intention);
+    c.seq_max_len = seq_max_len;
+    c.num_heads = h.value("num_heads", 1);
+    c.temperature = h.value("temperature", c.temperature);
+    c.score_temperature = 1.0f;
+    s.model_config = c;
+    return s;
+  }
+  if (r.model == "narm" || r.model == "stamp") {
+    const auto hist = detail::sample_dir_single<SequenceFeature>(m, "history_features", dir);
+    const auto item = detail::sample_dir_single<SparseFeature>(m, "item_features", dir);
+    const auto neg = detail::sample_dir_features(m, "neg_item_feature");
+    if (r.model == "narm") {
+      NARMConfig c;
+      c.history_feature = hist;
+      c.item_feature = item;
+      c.neg_item_features = neg;
+      c.hidden_dim = h.value("hidden_dim", c.hidden_dim);
+      c.emb_dropout = h.value("emb_dropout", c.emb_dropout);
+      c.session_rep_dropout = h.value("session_rep_dropout", c.session_rep_dropout);
+      s.model_config = narm_json(c);
+    } else {
+      STAMPConfig c;
+      c.history_feature = hist;
+      c.item_feature = item;
+      c.neg_item_features = neg;
+      c.weight_std = h.value("weight_std", c.weight_std);
+      c.emb_std = h.value("emb_std", c.emb_std);
+      s.model_config = stamp_json(c);
+    }
+    return s;
+  }
+  if (r.model == "sasrec") {
+    SASRecConfig c;
+    c.item_feature = detail::sample_dir_single<SparseFeature>(m, "item_features", dir);
+    c.history_feature = detail::sample_dir_single<SequenceFeature>(m, "history_features", dir);
+    c.max_len = h.value("max_len", static_cast<int>(seq_max_len));
+    c.num_blocks = h.value("num_blocks", c.num_blocks);
+    c.num_heads = h.value("num_heads", c.num_heads);
+    c.dropout = h.value("dropout", c.dropout);
+    // Per-position BPR (Torch-RecHub's mode-1 loss on SASRec's per-position logits) over the
+    // position features, which the objective reads as pos_<item> / neg_<item>.
+    std::vector<std::string> pf;
+    for (const Feature& f : detail::sample_dir_features(m, "position_features")) pf.push_back(feature_name(f));
+    const std::vector<std::string> want{"pos_" + o.item_col, "neg_" + o.item_col};
+    RECHUB_CHECK_AS(ConfigError, pf == want, dir, "/meta.json: sasrec needs position_features [pos_", o.item_col,
+                    ", neg_", o.item_col, "]");
+    RECHUB_CHECK_AS(ConfigError, s.data.mode == 1, dir, "/meta.json: sasrec trains pair-wise per position (mode 1), got mode ",
+                    s.data.mode);
+    o.loss = "position_bpr";
+    s.model_config = sasrec_json(c);
+    return s;
+  }
+
+  TwoTowerConfig c;
+  c.user_features = detail::sample_dir_features(m, "user_features");
+  c.item_features = detail::sample_dir_features(m, "item_features");
+  c.neg_item_features = detail::sample_dir_features(m, "neg_item_feature");
   c.user_params = TowerParams{dims, act, dropout, true};
   c.temperature = h.value("temperature", 1.0f);
   c.normalize = true;
@@ -104,7 +232,9 @@ inline SampleDir read_sample_dir(const std::string& dir) {
     o.n_neg = h.value("n_neg", 3);
     o.log_q_column = "sample_weight";
   } else if (r.model != "youtube_dnn") {
-    detail::throw_error<ConfigError>(dir, "/meta.json: model '", r.model, "' has no rechub port yet");
+    detail::throw_error<ConfigError>(dir, "/meta.json: sample dir: model '", r.model, "' not supported (known: ",
+                                     "dssm, facebook_dssm, youtube_dnn, youtube_sbc, gru4rec, mind, comirec_dr, ",
+                                     "comirec_sa, sine, narm, stamp, sasrec)");
   }
   s.model_config = two_tower_json(c);
   return s;

@@ -15,6 +15,17 @@
 //                      next to the batch (MovieLens: 1.7k-3.7k items).
 //   loss "sbc"         Torch-RecHub YoutubeSBC: row i against items (i + k) mod B, k = 0..n_neg,
 //                      cosine scores minus log(sample_weight), / T.
+//   loss "position_*"  sequence models trained on every position (SASRec; rows from
+//                      data/position_samples.hpp): the model's position_states [B, L, D] at the
+//                      positions where "pos_<item>" [B, L] is not 0, scored against item_tower(all_items):
+//                        position_bce      Kang & McAuley's BCE: softplus(-s+) + mean softplus(s-)
+//                        position_bpr      Torch-RecHub's BPR: mean -log sigmoid(s+ - s-)
+//                        position_sampled  softmax over [s+, s-_1..k] / T (negatives equal to the
+//                                          positive dropped when mask_accidental_hits)
+//                        position_full     softmax over ALL items / T at every position
+//                                          (Klenitskiy & Vasilev, RecSys 2023), chunked, exact
+//                      negatives: "neg_<item>" [B, L, k], or, without that column, n_neg uniform
+//                      draws per position from the trainer's rng (fresh every step).
 // Torch-RecHub's BCE is on sigmoid(s); bce_with_logits(s) is the same function, computed stably.
 #include <cmath>
 #include <cstdint>
@@ -26,6 +37,7 @@
 #include "rechub/loss/bce.hpp"
 #include "rechub/loss/inbatch.hpp"
 #include "rechub/loss/pairwise.hpp"
+#include "rechub/loss/position.hpp"
 #include "rechub/loss/softmax_ce.hpp"
 #include "rechub/models/match_model.hpp"
 #include "rechub/ops/elementwise.hpp"
@@ -80,8 +92,11 @@ inline void from_json(const nlohmann::json& j, Objective& o) {
   RECHUB_CHECK_AS(ConfigError, o.mode >= 0 && o.mode <= 2, "objective: mode must be 0, 1 or 2, got ", o.mode);
   const std::string l = o.effective_loss();
   RECHUB_CHECK_AS(ConfigError,
-                  l == "bce" || l == "bpr" || l == "hinge" || l == "softmax" || l == "inbatch" || l == "sbc" || l == "full",
-                  "objective: unknown loss '", l, "' (bce, bpr, hinge, softmax, inbatch, sbc, full)");
+                  l == "bce" || l == "bpr" || l == "hinge" || l == "softmax" || l == "inbatch" || l == "sbc" || l == "full" ||
+                      l == "position_bce" || l == "position_bpr" || l == "position_sampled" || l == "position_full",
+                  "objective: unknown loss '", l,
+                  "' (bce, bpr, hinge, softmax, inbatch, sbc, full, position_bce, position_bpr, position_sampled, "
+                  "position_full)");
 }
 
 namespace detail {
@@ -149,8 +164,59 @@ inline Tensor inbatch_columns(const Tensor& scores, const Tensor& item_ids, int 
 }
 }  // namespace detail
 
+/// A "position_*" loss (see the header comment): per-position states against all item vectors.
+inline Var position_loss(MatchModel& model, const Batch& batch, const Objective& o, Rng& rng) {
+  const std::string& kind = o.loss;  // position losses are always named explicitly
+  RECHUB_CHECK_AS(ConfigError, o.all_items != nullptr, "match_loss: loss '", kind, "' needs Objective::all_items");
+  const float T = o.temperature > 0 ? o.temperature : model.temperature();
+  const Tensor& pos = batch["pos_" + o.item_col];
+  Var H = model.position_states(batch);  // [B, L, D]
+  RECHUB_CHECK_SHAPE(pos.ndim() == 2 && H.ndim() == 3 && H.dim(0) == pos.dim(0) && H.dim(1) == pos.dim(1),
+                     "match_loss: position states ", H.shape().str(), " do not match pos_", o.item_col, " ",
+                     pos.shape().str());
+  const std::int64_t B = H.dim(0), L = H.dim(1), D = H.dim(2);
+  const Tensor idx = valid_positions(pos);
+  const std::int64_t N = idx.numel();
+  RECHUB_CHECK_AS(DataError, N > 0, "match_loss: no valid position in pos_", o.item_col, " (all ", B * L,
+                  " targets are padding)");
+  Var h = gather_rows(reshape(H, Shape{B * L, D}), idx);  // [N, D]
+  Var items = model.item_tower(*o.all_items);             // [M, D], row r = item id r + 1
+  const std::int64_t M = items.dim(0);
+  auto row_of = [&](std::int32_t id, const char* what) {
+    RECHUB_CHECK_AS(DataError, id >= 1 && id <= M, "match_loss: ", what, " item id ", id, " outside 1..", M);
+    return id - 1;
+  };
+  Tensor target = step_arena().tensor({N}, DType::i32);
+  for (std::int64_t i = 0; i < N; ++i) target.i32()[i] = row_of(pos.i32()[idx.i32()[i]], "target");
+  if (kind == "position_full") return position_full_softmax(h, items, target, T);
+  const std::string neg_col = "neg_" + o.item_col;
+  Tensor neg;
+  if (batch.has(neg_col)) {
+    const Tensor& nb = batch[neg_col];  // [B, L, k] (or [B, L]: k = 1)
+    RECHUB_CHECK_SHAPE((nb.ndim() == 3 || nb.ndim() == 2) && nb.dim(0) == B && nb.dim(1) == L, "match_loss: ", neg_col,
+                       " ", nb.shape().str(), " does not match pos_", o.item_col, " ", pos.shape().str());
+    const std::int64_t k = nb.ndim() == 3 ? nb.dim(2) : 1;
+    neg = step_arena().tensor({N, k}, DType::i32);
+    for (std::int64_t i = 0; i < N; ++i)
+      for (std::int64_t j = 0; j < k; ++j)
+        neg.i32()[i * k + j] = row_of(nb.i32()[std::int64_t(idx.i32()[i]) * k + j], "negative");
+  } else {
+    RECHUB_CHECK_AS(ConfigError, o.n_neg >= 1, "match_loss: loss '", kind, "' without a ", neg_col,
+                    " column draws n_neg negatives per position; n_neg is ", o.n_neg);
+    neg = step_arena().tensor({N, std::int64_t(o.n_neg)}, DType::i32);
+    for (std::int64_t i = 0; i < neg.numel(); ++i)
+      neg.i32()[i] = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(M)));
+  }
+  if (kind == "position_bce") return position_bce(h, items, target, neg);
+  if (kind == "position_bpr") return position_bpr(h, items, target, neg);
+  RECHUB_CHECK_AS(ConfigError, kind == "position_sampled", "match_loss: unknown loss '", kind, "'");
+  return position_sampled_softmax(h, items, target, neg, T, o.mask_accidental_hits);
+}
+
 /// The training loss of one batch under `o` (a scalar Var on the tape).
 inline Var match_loss(MatchModel& model, const Batch& batch, const Objective& o, Rng& rng) {
+  // Before copying the loss name: "position_sampled" is past std::string's inline capacity.
+  if (o.loss.rfind("position_", 0) == 0) return position_loss(model, batch, o, rng);
   const float T = o.temperature > 0 ? o.temperature : model.temperature();
   const std::string kind = o.effective_loss();
   const Tensor& ids = batch[o.item_col];
