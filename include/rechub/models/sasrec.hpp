@@ -48,6 +48,7 @@
 // position_emb.weight [max_len, D], attention_layernorms.<b>.{weight,bias},
 // attention_layers.<b>.{in_proj_weight,in_proj_bias,out_proj.weight,out_proj.bias},
 // forward_layernorms.<b>.*, forward_layers.<b>.conv{1,2}.weight [D, D, 1] / .bias, last_layernorm.*.
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -200,23 +201,13 @@ class SASRec : public MatchModel {
   /// [B, D]: the state at each row's last valid position (column L-1 for an empty history).
   Var user_tower(const Batch& batch) override {
     const Tensor& ids = history(batch);
-    const std::int64_t B = ids.dim(0), L = ids.dim(1);
-    Tensor last = step_arena().tensor({B}, DType::i32);
     if (cfg_.skip_padding) {
       const PackedRows rows = pack_rows(ids);
-      bool empty = false;
-      for (std::int64_t b = 0; b < B; ++b) {
-        empty = empty || rows.count(b) == 0;
-        last.i32()[b] = static_cast<std::int32_t>(rows.begin[b + 1] - 1);
-      }
-      if (!empty) return gather_rows(packed_states(ids, rows), last);
+      const Tensor last = last_packed_rows(rows);
+      if (std::find(last.i32(), last.i32() + last.numel(), -1) == last.i32() + last.numel())
+        return gather_rows(packed_states(ids, rows), last);
     }
-    for (std::int64_t b = 0; b < B; ++b) {
-      std::int64_t t = L - 1;
-      while (t > 0 && ids.i32()[b * L + t] == 0) --t;
-      last.i32()[b] = static_cast<std::int32_t>(ids.i32()[b * L + t] == 0 ? L - 1 : t);
-    }
-    return select_rows(position_states(batch), last);
+    return select_rows(position_states(batch), last_valid_positions(ids));
   }
   /// [B, D]: the item embeddings of the batch's item column.
   Var item_tower(const Batch& batch) override {

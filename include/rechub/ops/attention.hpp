@@ -17,7 +17,8 @@
 //       Backward, with dPd = dO V^T and c_i = sum_j Pd_ij dPd_ij (= sum_j P_ij dP_ij):
 //         dS = Pd * dPd - P * c   (softmax and dropout in one: Pd dPd = P dP)
 //         dQ += scale dS K,  dK += scale dS^T Q,  dV += Pd^T dO.
-//   pack_rows(ids [B, L])    the N non-padding positions (id != 0), row after row (PackedRows).
+//   pack_rows(ids [B, L])    the N non-padding positions (id != 0), row after row (PackedRows);
+//       last_packed_rows / last_valid_positions: each row's newest position, packed or padded.
 //   attention_packed(q, k, v, rows, o)   the same over q, k, v [N, W] holding only those positions:
 //       row b's queries attend to row b's keys (causal by position order). A padded batch spends
 //       most of its work on padding (ML-1M at L = 200: about half the positions, and two thirds
@@ -139,6 +140,30 @@ inline PackedRows pack_rows(const Tensor& ids) {
   r.pad_before = before;
   r.pad_total = total;
   return r;
+}
+
+/// Per row of ids [B, L]: the column of its last non-zero id, L - 1 for a row of padding
+/// (int32 [B], step arena). For pre-padded histories that is L - 1, for post-padded len - 1.
+inline Tensor last_valid_positions(const Tensor& ids) {
+  detail::check_i32("last_valid_positions", ids, "ids");
+  RECHUB_CHECK_SHAPE(ids.ndim() == 2 && ids.dim(1) >= 1, "last_valid_positions: ids must be [B, L], got ",
+                     ids.shape().str());
+  const std::int64_t B = ids.dim(0), L = ids.dim(1);
+  Tensor last = step_arena().tensor({B}, DType::i32);
+  for (std::int64_t b = 0; b < B; ++b) {
+    std::int64_t t = L - 1;
+    while (t > 0 && ids.i32()[b * L + t] == 0) --t;
+    last.i32()[b] = static_cast<std::int32_t>(ids.i32()[b * L + t] == 0 ? L - 1 : t);
+  }
+  return last;
+}
+
+/// Per row b: its last packed row, or -1 when the row is all padding (int32 [B], step arena).
+inline Tensor last_packed_rows(const PackedRows& rows) {
+  Tensor last = step_arena().tensor({rows.B}, DType::i32);
+  for (std::int64_t b = 0; b < rows.B; ++b)
+    last.i32()[b] = rows.count(b) > 0 ? static_cast<std::int32_t>(rows.begin[b + 1] - 1) : -1;
+  return last;
 }
 
 namespace detail {
