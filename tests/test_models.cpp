@@ -64,7 +64,14 @@ TEST_CASE("every model builds from its JSON config and produces tower shapes") {
     Var u = m->user_tower(*b);
     Var v = m->item_tower(*b);
     CHECK(u.dim(0) == 16);
-    CHECK(u.shape() == v.shape());
+    if (m->interest_num() > 1) {  // [B, K, D] against [B, D]
+      CHECK(u.ndim() == 3);
+      CHECK(u.dim(1) == m->interest_num());
+      CHECK(u.dim(2) == v.dim(1));
+      CHECK(m->train_user_tower(*b, v).shape() == v.shape());
+    } else {
+      CHECK(u.shape() == v.shape());
+    }
     auto again = make_model(name, m->config());
     CHECK(again->num_parameters() == m->num_parameters());
     end_step();
