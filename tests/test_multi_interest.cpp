@@ -261,7 +261,7 @@ TEST_CASE("capsule_routing: the gradient stops at the routing logits (all iterat
       x = x0;
       worst = std::max(worst, std::fabs((fp - fm) / 2e-2 - fused.f32()[i]));
     }
-    MESSAGE("largest |full derivative - stop-gradient derivative|: " << worst);
+    INFO("largest |full derivative - stop-gradient derivative|: " << worst);
     CHECK(worst > 1e-2);
   }
 }
@@ -421,6 +421,28 @@ TEST_CASE("label-aware selection: hard picks argmax <u_k, pos> (first on ties), 
 }
 
 // ---- SINE --------------------------------------------------------------------------------------
+
+TEST_CASE("lp_normalize: torch's F.normalize for any order p, values and gradients") {
+  Rng rng(31);
+  const Tensor x = random_tensor({3, 5}, rng, 0.2f, 1.5f);  // away from 0, where |x|^(p-1) blows up for p < 1
+  Tensor xs = x.clone();
+  for (std::int64_t i = 0; i < xs.numel(); i += 2) xs.f32()[i] = -xs.f32()[i];  // mixed signs
+  for (float p : {-1.0f, 2.0f, 3.0f}) {
+    CAPTURE(p);
+    Var y = lp_normalize(constant(xs), p);
+    for (std::int64_t r = 0; r < 3; ++r) {
+      double n = 0;
+      for (int i = 0; i < 5; ++i) n += std::pow(std::fabs(double(xs.f32()[r * 5 + i])), double(p));
+      n = std::pow(n, 1.0 / p);
+      for (int i = 0; i < 5; ++i) CHECK(y.value().f32()[r * 5 + i] == doctest::Approx(xs.f32()[r * 5 + i] / n).epsilon(1e-5));
+    }
+    end_step();
+    check_gradients([p](const std::vector<Var>& v) { return lp_normalize(v[0], p); }, {xs});
+  }
+  Var a = lp_normalize(constant(xs), 2.0f), b = l2_normalize(constant(xs));
+  CHECK(max_abs_diff(a.value(), b.value()) <= 1e-6f);
+  end_step();
+}
 
 TEST_CASE("SINE's extractor: gradient check of every weight and the input") {
   Rng rng(19);

@@ -32,6 +32,7 @@
 #include "rechub/ops/index.hpp"
 #include "rechub/ops/matmul.hpp"
 #include "rechub/ops/norm.hpp"
+#include "rechub/ops/score.hpp"
 #include "rechub/ops/shape.hpp"
 #include "rechub/ops/softmax.hpp"
 
@@ -108,8 +109,8 @@ inline Var label_aware_select(const Var& u, const Var& pos, const std::string& m
                      " do not match (expects [B, K, D] and [B, D])");
   const std::int64_t B = u.dim(0), K = u.dim(1), D = u.dim(2);
   if (mode == "soft") {
-    Var s = reshape(matmul(u, reshape(pos, Shape{B, D, 1})), Shape{B, 1, K});
-    return reshape(matmul(softmax(scale(s, pow_p)), u), Shape{B, D});
+    Var a = softmax(group_dot(pos, u, pow_p));                    // [B, K]
+    return reshape(matmul(reshape(a, Shape{B, 1, K}), u), Shape{B, D});
   }
   RECHUB_CHECK_AS(ConfigError, mode == "hard", "label_aware_select: mode '", mode, "' is not one of hard, soft");
   Tensor idx = step_arena().tensor({B}, DType::i32);
