@@ -381,6 +381,25 @@ TEST_CASE("self_attentive_weights: gradient check, masks, a row without items, p
     for (int l = 0; l < 4; ++l) CHECK(pa[(2 * 2 + k) * 4 + l] == 0.0f);  // no items: no attention
   }
   end_step();
+  // From pre-activations: the same weights, and gradients through pre = x W1.
+  check_gradients([&](const std::vector<Var>& v) { return self_attentive_weights_pre(v[0], v[1], mask); },
+                  {random_tensor({3, 4, 5}, rng), w2});
+  {
+    Parameter px(x.clone()), pw1(w1.clone()), pw2(w2.clone()), qx(x.clone()), qw1(w1.clone()), qw2(w2.clone());
+    const Tensor R = random_tensor({3, 2, 4}, rng);
+    Var fused = self_attentive_weights(px.var(), pw1.var(), pw2.var(), mask);
+    const Tensor vf = fused.value().clone();
+    tape().backward(fused, R);
+    end_step();
+    Var pre = reshape(matmul(reshape(qx.var(), Shape{12, 3}), qw1.var()), Shape{3, 4, 5});
+    Var split = self_attentive_weights_pre(pre, qw2.var(), mask);
+    CHECK(max_abs_diff(vf, split.value()) <= 1e-6f);
+    tape().backward(split, R);
+    end_step();
+    CHECK(max_abs_diff(px.grad(), qx.grad()) <= 1e-5f);
+    CHECK(max_abs_diff(pw1.grad(), qw1.grad()) <= 1e-5f);
+    CHECK(max_abs_diff(pw2.grad(), qw2.grad()) <= 1e-5f);
+  }
   // The same items pre- and post-padded pool to the same interests.
   Tensor pre = Tensor::zeros({1, 4, 3}), post = Tensor::zeros({1, 4, 3});
   std::memcpy(pre.f32() + 6, x.f32(), 6 * sizeof(float));

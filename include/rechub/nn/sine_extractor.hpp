@@ -13,6 +13,7 @@
 //   phi   = (p^T * a) x                                       [B, K, D]   interest embeddings
 //   x_hat = p c_u                                             [B, L, D]   intention-aware behaviour
 //   c_apt = norm_p( attn(x_hat; w_4, w_5) x_hat )             [B, D]      the next intention
+//           (x_hat w_4 computed as p (c_u w_4): rank K, not D)
 //   e     = softmax_k( <c_apt, phi_k> / temperature )         [B, K]
 //   v     = e phi                                             [B, D]      the aggregated user vector
 // norm_p divides by the order-p norm with p = apt_norm_p = -1 by default: Torch-RecHub writes
@@ -131,8 +132,10 @@ class SineExtractor : public Module {
     Var phi = matmul(mul(transpose(p, 1, 2), a), x);                // [B, K, D]
 
     // Adaptive aggregation: the next intention weighs the interests.
+    // x_hat W_4 = p (c_u W_4): rank K, so the [B*L, D] x [D, H] product is never formed.
     Var x_hat = matmul(p, c_u);  // [B, L, D]
-    Var pooled = matmul(self_attentive_weights(x_hat, w.w_4, w.w_5, mask), x_hat);  // [B, 1, D]
+    Var cw4 = reshape(matmul(reshape(c_u, Shape{B * K, D}), w.w_4), Shape{B, K, w.w_4.dim(1)});
+    Var pooled = matmul(self_attentive_weights_pre(matmul(p, cw4), w.w_5, mask), x_hat);  // [B, 1, D]
     Var c_apt = o.apt_norm_p == 2.0f ? l2_normalize(pooled) : lp_normalize(pooled, o.apt_norm_p);
     Var e = softmax(scale(matmul(c_apt, phi, false, true), 1.0f / o.temperature));              // [B, 1, K]
     Var v = reshape(matmul(e, phi), Shape{B, D});
