@@ -1,6 +1,7 @@
 // Two-tower models: names, shapes, configs, training steps, and learning on synthetic data.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 
@@ -12,6 +13,7 @@
 #include "rechub/models/registry.hpp"
 #include "rechub/io/training_checkpoint.hpp"
 #include "rechub/train/match_trainer.hpp"
+#include "rechub/train/recipes.hpp"
 
 using namespace rechub;
 
@@ -223,5 +225,40 @@ TEST_CASE("hard in-batch negatives and the full softmax train") {
     MatchTrainer t(*m, o);
     auto h = t.fit(f.md.train);
     CHECK(h.back().loss < h.front().loss);
+  }
+}
+
+TEST_CASE("both recipes of every model prepare samples and train a step on them") {
+  SyntheticOptions so;
+  so.num_users = 60;
+  so.num_items = 80;
+  so.min_interactions = 5;
+  so.max_interactions = 30;
+  const Interactions data = generate_synthetic(so);
+  const FeatureSchema schema = FeatureSchema::from(data);
+  for (const auto& name : model_names()) {
+    for (const std::string recipe : {"rechub", "torch-rechub"}) {
+      CAPTURE(name);
+      CAPTURE(recipe);
+      Recipe r = make_recipe(name, recipe);
+      r.samples.seq_max_len = 12;  // small and fast; models with position tables must follow it
+      r.embed_dim = 8;
+      MatchData md = prepare_samples(data, r);
+      r.trainer.objective.all_items = &md.items;
+      r.trainer.epochs = 1;
+      r.trainer.batch_size = 32;
+      r.trainer.progress = 0;
+      const nlohmann::json cfg = recipe_model_config(r, schema);
+      auto m = make_model(name, cfg);
+      MatchTrainer t(*m, r.trainer);
+      const auto& hist = t.fit(md.train);
+      REQUIRE(hist.size() == 1);
+      CHECK(std::isfinite(hist[0].loss));
+      EvalOptions eo;
+      eo.metric = parse_metric(r.metric);
+      eo.ks = {10, 50};
+      const MetricMap met = evaluate_retrieval(*m, md.test, md.test_targets, md.items, md.item_col, eo);
+      CHECK(met.at("Hit@50") >= met.at("Hit@10"));
+    }
   }
 }
