@@ -7,43 +7,16 @@
 //              L maps are used), not longer.
 //   ComirecSA  interests are self-attentive pools (MultiInterestSA, "multi_interest_sa.W1/W2").
 // User-feature concat, projection, normalisation and label-aware selection: MultiInterestModel.
+#include "rechub/models/mind.hpp"  // CapsuleInterestModel
 #include "rechub/models/multi_interest.hpp"
-#include "rechub/nn/capsule.hpp"
 #include "rechub/nn/multi_interest_sa.hpp"
 
 namespace rechub {
 
-class ComirecDR : public MultiInterestModel {
+class ComirecDR : public CapsuleInterestModel {
  public:
-  explicit ComirecDR(MultiInterestConfig cfg)
-      : MultiInterestModel(std::move(cfg)), capsule_(D_, cfg_.max_length, options(cfg_)) {
-    register_module("capsule", capsule_);
-  }
+  explicit ComirecDR(MultiInterestConfig cfg) : CapsuleInterestModel(std::move(cfg), 2) {}
   std::string name() const override { return "comirec_dr"; }
-  Var interests(const Var& seq, const Tensor& mask) override { return capsule_.forward(seq, mask); }
-  CapsuleNetwork& capsule() { return capsule_; }
-
-  /// Torch-RecHub's run_ml_comirec.py (model_name comirec_dr): embed 16, 4 interests,
-  /// max_length 50; temperature 0.02 never applied, so 1.0.
-  static MultiInterestConfig default_config(const FeatureSchema& s, int embed_dim = 16, int interest_num = 4,
-                                            std::int64_t max_length = 50) {
-    MultiInterestConfig c = MultiInterestConfig::from_schema(s, embed_dim);
-    c.interest_num = interest_num;
-    c.max_length = max_length;
-    return c;
-  }
-
- private:
-  static CapsuleNetwork::Options options(const MultiInterestConfig& c) {
-    CapsuleNetwork::Options o;
-    o.bilinear_type = 2;
-    o.interest_num = c.interest_num;
-    o.routing_times = c.routing_times;
-    o.init_std = c.dr_init_std;
-    o.seed = c.seed;
-    return o;
-  }
-  CapsuleNetwork capsule_;
 };
 
 class ComirecSA : public MultiInterestModel {

@@ -9,17 +9,19 @@
 
 namespace rechub {
 
-class MIND : public MultiInterestModel {
+/// A multi-interest model whose interests are capsules: MIND (bilinear_type 0) and ComiRec-DR
+/// (bilinear_type 2) differ only in the capsule layer's map (and ComiRec-DR's map initialiser).
+class CapsuleInterestModel : public MultiInterestModel {
  public:
-  explicit MIND(MultiInterestConfig cfg) : MultiInterestModel(std::move(cfg)), capsule_(D_, cfg_.max_length, options(cfg_)) {
+  CapsuleInterestModel(MultiInterestConfig cfg, int bilinear_type)
+      : MultiInterestModel(std::move(cfg)), capsule_(D_, cfg_.max_length, options(cfg_, bilinear_type)) {
     register_module("capsule", capsule_);
   }
-  std::string name() const override { return "mind"; }
   Var interests(const Var& seq, const Tensor& mask) override { return capsule_.forward(seq, mask); }
   CapsuleNetwork& capsule() { return capsule_; }
 
-  /// Torch-RecHub's run_ml_mind.py: embed 16, 4 interests, max_length 50; its temperature 0.02
-  /// is never applied, so 1.0 here.
+  /// Torch-RecHub's run_ml_mind.py / run_ml_comirec.py: embed 16, 4 interests, max_length 50;
+  /// their temperature 0.02 is never applied, so 1.0 here.
   static MultiInterestConfig default_config(const FeatureSchema& s, int embed_dim = 16, int interest_num = 4,
                                             std::int64_t max_length = 50) {
     MultiInterestConfig c = MultiInterestConfig::from_schema(s, embed_dim);
@@ -29,15 +31,22 @@ class MIND : public MultiInterestModel {
   }
 
  private:
-  static CapsuleNetwork::Options options(const MultiInterestConfig& c) {
+  static CapsuleNetwork::Options options(const MultiInterestConfig& c, int bilinear_type) {
     CapsuleNetwork::Options o;
-    o.bilinear_type = 0;
+    o.bilinear_type = bilinear_type;
     o.interest_num = c.interest_num;
     o.routing_times = c.routing_times;
+    o.init_std = c.dr_init_std;  // read by bilinear_type 2 only
     o.seed = c.seed;
     return o;
   }
   CapsuleNetwork capsule_;
+};
+
+class MIND : public CapsuleInterestModel {
+ public:
+  explicit MIND(MultiInterestConfig cfg) : CapsuleInterestModel(std::move(cfg), 0) {}
+  std::string name() const override { return "mind"; }
 };
 
 }  // namespace rechub
