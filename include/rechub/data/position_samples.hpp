@@ -62,18 +62,8 @@ inline PositionData generate_position_samples(const Interactions& data, const Po
   const char* fn = "generate_position_samples";
   RECHUB_CHECK_AS(ConfigError, opt.seq_max_len >= 1, fn, ": seq_max_len ", opt.seq_max_len, " must be >= 1");
   RECHUB_CHECK_AS(ConfigError, opt.neg_ratio >= 0, fn, ": neg_ratio ", opt.neg_ratio, " must be >= 0");
-  RECHUB_CHECK_AS(DataError, data.item.size() == data.user.size() && data.timestamp.size() == data.user.size(), fn,
-                  ": interactions have ", data.user.size(), " users, ", data.item.size(), " items, ",
-                  data.timestamp.size(), " timestamps");
-  std::int32_t n_users = data.num_users(), n_items = data.num_items();
-  for (std::int32_t u : data.user) {
-    RECHUB_CHECK_AS(DataError, u >= 1, fn, ": user id ", u, " (ids start at 1, 0 is padding)");
-    n_users = std::max(n_users, u);
-  }
-  for (std::int32_t it : data.item) {
-    RECHUB_CHECK_AS(DataError, it >= 1, fn, ": item id ", it, " (ids start at 1, 0 is padding)");
-    n_items = std::max(n_items, it);
-  }
+  const std::pair<std::int32_t, std::int32_t> ids = detail::id_ranges(data, fn);
+  const std::int32_t n_users = ids.first, n_items = ids.second;
   PositionData out;
   out.item_counts = item_counts(data);
   out.item_counts.resize(static_cast<std::size_t>(n_items) + 1, 0);

@@ -109,6 +109,24 @@ struct MatchData {
 
 namespace detail {
 
+// Checks that the columns have one length and every id is >= 1 (0 is padding); returns the
+// largest user and item ids (encoders give them; hand-built interactions may leave them empty).
+inline std::pair<std::int32_t, std::int32_t> id_ranges(const Interactions& data, const char* fn) {
+  RECHUB_CHECK_AS(DataError, data.item.size() == data.user.size() && data.timestamp.size() == data.user.size(), fn,
+                  ": interactions have ", data.user.size(), " users, ", data.item.size(), " items, ",
+                  data.timestamp.size(), " timestamps");
+  std::int32_t n_users = data.num_users(), n_items = data.num_items();
+  for (std::int32_t u : data.user) {
+    RECHUB_CHECK_AS(DataError, u >= 1, fn, ": user id ", u, " (ids start at 1, 0 is padding)");
+    n_users = std::max(n_users, u);
+  }
+  for (std::int32_t it : data.item) {
+    RECHUB_CHECK_AS(DataError, it >= 1, fn, ": item id ", it, " (ids start at 1, 0 is padding)");
+    n_items = std::max(n_items, it);
+  }
+  return {n_users, n_items};
+}
+
 // Interactions grouped by user id (counting sort, stable) and, within a user, stably by time.
 struct UserSequences {
   std::vector<std::int64_t> offset;  // user u owns positions [offset[u], offset[u+1])
@@ -165,20 +183,8 @@ inline MatchData generate_seq_feature_match(const Interactions& data, const Matc
   RECHUB_CHECK_AS(ConfigError, opt.sample_method >= 0 && opt.sample_method <= 3, fn, ": sample_method ",
                   opt.sample_method, " (expects 0 uniform, 1 word2vec, 2 log, 3 RALM)");
   RECHUB_CHECK_AS(ConfigError, opt.seq_max_len >= 1, fn, ": seq_max_len ", opt.seq_max_len, " must be >= 1");
-  RECHUB_CHECK_AS(DataError, data.item.size() == data.user.size() && data.timestamp.size() == data.user.size(), fn,
-                  ": interactions have ", data.user.size(), " users, ", data.item.size(), " items, ",
-                  data.timestamp.size(), " timestamps");
-
-  // Id ranges: encoders give n; hand-built interactions may leave them empty.
-  std::int32_t n_users = data.num_users(), n_items = data.num_items();
-  for (std::int32_t u : data.user) {
-    RECHUB_CHECK_AS(DataError, u >= 1, fn, ": user id ", u, " (ids start at 1, 0 is padding)");
-    n_users = u > n_users ? u : n_users;
-  }
-  for (std::int32_t it : data.item) {
-    RECHUB_CHECK_AS(DataError, it >= 1, fn, ": item id ", it, " (ids start at 1, 0 is padding)");
-    n_items = it > n_items ? it : n_items;
-  }
+  const std::pair<std::int32_t, std::int32_t> ids = detail::id_ranges(data, fn);
+  const std::int32_t n_users = ids.first, n_items = ids.second;
   for (const auto& f : data.user_features)
     RECHUB_CHECK_AS(DataError, f.codes.size() >= static_cast<std::size_t>(n_users) + 1, fn, ": user feature '", f.name,
                     "' has codes for ", f.codes.size(), " ids, need ", n_users + 1);
