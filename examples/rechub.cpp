@@ -193,11 +193,9 @@ int cmd_train(const std::string& model, const std::string& data, const std::stri
   result["epochs"] = hist.size();
   if (topt.patience > 0 && !hist.empty()) {
     // The weights kept are those of the best validation epoch (what the test metrics above use).
-    std::size_t best = 0;
-    for (std::size_t e = 1; e < hist.size(); ++e)
-      if (hist[e].validation.at(topt.monitor) > hist[best].validation.at(topt.monitor)) best = e;
+    const int best = trainer.best_epoch();
     result["best_epoch"] = best + 1;
-    result["valid_" + topt.monitor] = hist[best].validation.at(topt.monitor);
+    result["valid_" + topt.monitor] = hist[static_cast<std::size_t>(best)].validation.at(topt.monitor);
   }
   result["train_seconds"] = train_seconds;
   result["epoch_seconds"] = hist.empty() ? 0.0 : epoch_seconds / static_cast<double>(hist.size());
