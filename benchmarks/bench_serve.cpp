@@ -167,6 +167,7 @@ int all_cores() {
 
 struct Options {
   int requests = 2000, warmup = 200, k = 100, big_requests = 500, exact_big_requests = 50;
+  std::size_t min_history = 0;  // only users with at least this many interactions (e.g. 200 for SASRec)
   std::size_t ef = 200, ef_construction_big = 100;
   std::int64_t big_items = 1000000;
 };
@@ -287,6 +288,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--big-ef-construction", o.ef_construction_big, "HNSW build beam for the large catalogue")
       ->capture_default_str();
+  app.add_option("--min-history", o.min_history,
+                 "request only users with at least this many interactions (their histories are cut to the "
+                 "run's seq_max_len): times the user tower at full history length")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -297,15 +302,29 @@ int main(int argc, char** argv) {
     Served s = run.empty() ? default_dssm() : open_run(run);
     set_num_threads(1);
 
-    // Requests for up to 500 distinct users; their histories are looked up before timing.
+    // Requests for up to 500 distinct users (spread over the id range; with --min-history, the
+    // first 500 long enough); their histories are looked up before timing.
     const std::int32_t n_users = s.data.num_users();
-    const std::int32_t n_req_users = std::min<std::int32_t>(n_users, 500);
     std::vector<Request> requests;
-    requests.reserve(static_cast<std::size_t>(n_req_users));
-    for (std::int32_t i = 0; i < n_req_users; ++i) {
-      const std::int32_t u = 1 + static_cast<std::int32_t>((static_cast<std::int64_t>(i) * n_users) / n_req_users);
-      requests.push_back({u, user_items(s.data, u)});
+    for (std::int32_t i = 0; i < n_users && requests.size() < 500; ++i) {
+      const std::int32_t u = o.min_history > 0
+                                 ? 1 + i
+                                 : 1 + static_cast<std::int32_t>((static_cast<std::int64_t>(i) * n_users) /
+                                                                 std::min<std::int32_t>(n_users, 500));
+      if (o.min_history == 0 && i >= 500) break;
+      std::vector<std::int32_t> h = user_items(s.data, u);
+      if (h.size() >= o.min_history) requests.push_back({u, std::move(h)});
     }
+    if (requests.empty()) {
+      std::fprintf(stderr, "bench_serve: no user of %s has %zu interactions (--min-history)\n", s.source.c_str(),
+                   o.min_history);
+      return 2;
+    }
+    const std::int32_t n_req_users = static_cast<std::int32_t>(requests.size());
+    double hist_sum = 0;
+    for (const Request& r : requests)
+      hist_sum += static_cast<double>(std::min<std::size_t>(r.history.size(),
+                                                            static_cast<std::size_t>(s.recipe.samples.seq_max_len)));
     const std::int64_t D = s.item_vecs.dim(1);
     result["model"] = s.model->name();
     result["source"] = s.source;
@@ -314,6 +333,8 @@ int main(int argc, char** argv) {
     result["threads"] = 1;
     result["history_length"] = s.recipe.samples.seq_max_len;
     result["distinct_request_users"] = n_req_users;
+    result["min_history"] = o.min_history;
+    result["mean_request_history"] = hist_sum / n_req_users;
 
     result["catalogues"]["model_items"] = bench_catalogue("model items", s, requests, s.item_vecs, s.item_ids,
                                                           o.requests, o.requests, o, 200);

@@ -411,6 +411,61 @@ TEST_CASE("self_attentive_weights: gradient check, masks, a row without items, p
   CHECK(max_abs_diff(ip, iq) <= 1e-6f);
 }
 
+TEST_CASE("self_attentive_weights: heads above the fused limit take the GEMM path, same values and gradients") {
+  Rng rng(17);
+  const std::int64_t K = detail::kFusedAttentionHeads + 1;
+  const Tensor mask = ids({2, 3}, {1, 0, 1, 0, 0, 0});
+  const Tensor x = random_tensor({2, 3, 3}, rng), w1 = random_tensor({3, 4}, rng), w2 = random_tensor({4, K}, rng);
+  check_gradients([&](const std::vector<Var>& v) { return self_attentive_weights(v[0], v[1], v[2], mask); },
+                  {x, w1, w2});
+  check_gradients([&](const std::vector<Var>& v) { return self_attentive_weights_pre(v[0], v[1], mask); },
+                  {random_tensor({2, 3, 4}, rng), w2});
+  // Head k of a K-head attention equals a one-head attention with W2's column k (fused path).
+  Tensor wk = Tensor::empty({4, 1});
+  for (int h = 0; h < 4; ++h) wk.f32()[h] = w2.f32()[h * K + 5];
+  Var all = self_attentive_weights(constant(x), constant(w1), constant(w2), mask);
+  Var one = self_attentive_weights(constant(x), constant(w1), constant(wk), mask);
+  for (int b = 0; b < 2; ++b)
+    for (int l = 0; l < 3; ++l)
+      CHECK(all.value().f32()[(b * K + 5) * 3 + l] == doctest::Approx(one.value().f32()[b * 3 + l]).epsilon(1e-5));
+  end_step();
+}
+
+TEST_CASE("self_attentive_weights_table: gradient check; equals the weights of pre = proj[ids] + pos") {
+  Rng rng(31);
+  const Tensor id = ids({3, 4}, {2, 5, 0, 0, 0, 1, 1, 4, 0, 0, 0, 0});  // a repeated id, a row without items
+  for (std::int64_t K : {std::int64_t(2), detail::kFusedAttentionHeads + 1}) {
+    CAPTURE(K);
+    const Tensor proj = random_tensor({6, 5}, rng), pos = random_tensor({6, 5}, rng), w2 = random_tensor({5, K}, rng);
+    check_gradients(
+        [&](const std::vector<Var>& v) { return self_attentive_weights_table(v[0], v[1], id, v[2]); },
+        {proj, pos, w2});
+    Parameter a0(proj.clone()), a1(pos.clone()), a2(w2.clone()), b0(proj.clone()), b1(pos.clone()), b2(w2.clone());
+    const Tensor R = random_tensor({3, K, 4}, rng);
+    Var t = self_attentive_weights_table(a0.var(), a1.var(), id, a2.var());
+    const Tensor vt = t.value().clone();
+    tape().backward(t, R);
+    end_step();
+    Var pre = add(embedding_bag(b0.var(), id, BagMode::concat, 0), slice(b1.var(), 0, 0, 4));
+    Var p = self_attentive_weights_pre(pre, b2.var(), id);
+    CHECK(max_abs_diff(vt, p.value()) <= 1e-6f);
+    tape().backward(p, R);
+    end_step();
+    CHECK(max_abs_diff(a0.grad(), b0.grad()) <= 1e-5f);
+    CHECK(max_abs_diff(a1.grad(), b1.grad()) <= 1e-5f);
+    CHECK(max_abs_diff(a2.grad(), b2.grad()) <= 1e-5f);
+  }
+  CHECK_THROWS_WITH_AS(self_attentive_weights_table(constant(Tensor::zeros({6, 5})), constant(Tensor::zeros({3, 5})),
+                                                    id, constant(Tensor::zeros({5, 2}))),
+                       "self_attentive_weights_table: proj [6, 5], pos [3, 5], ids [3, 4] and w2 [5, 2] do not fit "
+                       "(expects [V, H], [>= L, H], [B, L], [H, K])",
+                       ShapeError);
+  CHECK_THROWS_WITH_AS(self_attentive_weights_table(constant(Tensor::zeros({4, 5})), constant(Tensor::zeros({4, 5})),
+                                                    id, constant(Tensor::zeros({5, 2}))),
+                       "self_attentive_weights_table: id 5 at position 1 is out of range for table [4, 5]", DataError);
+  end_step();
+}
+
 // ---- label-aware selection ---------------------------------------------------------------------
 
 TEST_CASE("label-aware selection: hard picks argmax <u_k, pos> (first on ties), soft is an attention; gradients") {
@@ -488,6 +543,59 @@ TEST_CASE("SINE's extractor: gradient check of every weight and the input") {
           return which == 0 ? out.interests : out.user;
         },
         in);
+  }
+}
+
+TEST_CASE("SINE's extractor through the projected item table: gradient check, and equal to the direct path") {
+  Rng rng(23);
+  SineExtractor::Options o;
+  o.embedding_dim = 3;
+  o.hidden_dim = 4;
+  o.num_concept = 5;
+  o.num_intention = 2;
+  o.seq_max_len = 5;
+  o.temperature = 0.5f;
+  const Tensor mask = ids({2, 4}, {3, 1, 0, 0, 0, 2, 5, 4});  // 8 positions, a 6-row table: projected
+  std::vector<Tensor> in{random_tensor({6, 3}, rng),         // the item table (row 0 = padding)
+                         random_tensor({5, 3}, rng, -2, 2),  // concepts: well separated top-k scores
+                         random_tensor({5, 3}, rng),         // positions (first 4 used)
+                         random_tensor({3, 4}, rng), random_tensor({4, 1}, rng), random_tensor({3, 3}, rng),
+                         random_tensor({3, 4}, rng), random_tensor({4, 2}, rng), random_tensor({3, 4}, rng),
+                         random_tensor({4, 1}, rng)};
+  auto run = [&](const std::vector<Var>& v, bool through_table) {
+    SineExtractor::Weights w{v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]};
+    Var items = embedding_bag(v[0], mask, BagMode::concat, 0);
+    return SineExtractor::compute(items, mask, w, o, through_table ? v[0] : Var());
+  };
+  for (int which = 0; which < 2; ++which) {
+    CAPTURE(which);
+    check_gradients(
+        [&](const std::vector<Var>& v) {
+          SineExtractor::Output out = run(v, true);
+          return which == 0 ? out.interests : out.user;
+        },
+        in);
+  }
+  // Same values and gradients as the direct products (the projection is a reassociation).
+  std::vector<Parameter> params;
+  for (const Tensor& t : in) params.emplace_back(t.clone());
+  std::vector<Var> vars;
+  for (Parameter& p : params) vars.push_back(p.var());
+  std::vector<Tensor> grads[2];
+  Tensor values[2];
+  for (int through_table = 0; through_table < 2; ++through_table) {
+    for (Parameter& p : params) p.zero_grad();
+    SineExtractor::Output out = run(vars, through_table == 1);
+    Var both = concat({reshape(out.interests, Shape{2, 2 * 3}), out.user}, 1);
+    values[through_table] = both.value().clone();
+    tape().backward(both, formula({2, 9}, 5));
+    for (Parameter& p : params) grads[through_table].push_back(p.grad().clone());
+    end_step();
+  }
+  CHECK(max_abs_diff(values[0], values[1]) <= 1e-5f);
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    CAPTURE(i);
+    CHECK(max_abs_diff(grads[0][i], grads[1][i]) <= 1e-4f);
   }
 }
 

@@ -176,7 +176,7 @@ class SINE : public MatchModel {
     // Padding positions embed to 0 here and to the table's row 0 in Torch-RecHub: either way
     // every attention gives them weight 0, so the outputs agree.
     Var items = embedding_bag(item_embedding_, hist, BagMode::concat, 0);
-    return extractor_.forward(items, hist);
+    return extractor_.forward(items, hist, item_embedding_.var());
   }
 
   SINEConfig cfg_;
