@@ -136,7 +136,12 @@ class STAMP : public MatchModel {
     Var x_t = reshape(embedding_bag(item_emb, last_ids(ids, p).reshape({B, 1}), BagMode::concat), Shape{B, D});
     Var m_s = embedding_bag(item_emb, ids, BagMode::mean);                                // [B, D]
     Var ctx = add(add(matmul(x_t, w_2_t), matmul(m_s, w_3_t)), b_a);                      // [B, D]
-    Var s = sigmoid(add(reshape(matmul(reshape(x, Shape{B * L, D}), w_1_t), Shape{B, L, D}), unsqueeze(ctx, 1)));
+    // x_i W_1 = (E W_1)[id_i]: through the projected table when it has fewer rows than the batch
+    // has positions (ML-100K at batch 512: 1,683 vs 25,600), the same numbers up to rounding.
+    const std::int64_t V = item_emb.value().dim(0);
+    Var xw = V < B * L ? embedding_bag(matmul(item_emb.var(), w_1_t.var()), ids, BagMode::concat)
+                       : reshape(matmul(reshape(x, Shape{B * L, D}), w_1_t), Shape{B, L, D});
+    Var s = sigmoid(add(xw, unsqueeze(ctx, 1)));
     Var q = reshape(matmul(reshape(s, Shape{B * L, D}), w_0), Shape{B, 1, L});
     Tensor mask = pack_mask(p).reshape({B, 1, L});
     Var alpha = paper ? mul(q, constant(detail::session_mask_f32(mask))) : softmax(q, mask);             // [B, 1, L]
