@@ -215,9 +215,26 @@ int cmd_train(const std::string& model, const std::string& data, const std::stri
 }
 
 /// Trains on a comparator sample directory (the same arrays Torch-RecHub trains on) and reports.
-int cmd_train_samples(const std::string& dir, int epochs, int threads, const std::string& out, std::uint64_t seed) {
+int cmd_train_samples(const std::string& dir, int epochs, int threads, const std::string& out, std::uint64_t seed,
+                      const std::string& config) {
   if (threads > 0) set_num_threads(threads);
   SampleDir sd = read_sample_dir(dir);
+  if (!config.empty()) {
+    // The samples are fixed by the directory; the trainer and the model may be changed.
+    const json j = read_json(config);
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      if (it.key() == "trainer") {
+        json t = sd.recipe.trainer;
+        t.merge_patch(*it);
+        sd.recipe.trainer = t.get<TrainerOptions>();
+      } else if (it.key() == "model_overrides" || it.key() == "model_config") {
+        sd.model_config.merge_patch(*it);
+      } else {
+        throw ConfigError("--samples: " + config + ": field '" + it.key() +
+                          "' would change the sample directory's samples (only trainer, model_overrides)");
+      }
+    }
+  }
   if (epochs >= 0) sd.recipe.trainer.epochs = epochs;
   if (seed) sd.recipe.trainer.seed = seed;
   manual_seed(sd.recipe.trainer.seed);
@@ -395,7 +412,7 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
-    if (*train && !samples.empty()) return cmd_train_samples(samples, epochs, threads, out, seed);
+    if (*train && !samples.empty()) return cmd_train_samples(samples, epochs, threads, out, seed, config);
     if (*train && out.empty()) throw ConfigError("train: --out is required");
     if (*train) return cmd_train(model, data, schema, config, recipe, epochs, batch_size, lr, out, threads, seed,
                                  validation, patience);

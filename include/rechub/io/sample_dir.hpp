@@ -146,6 +146,7 @@ inline SampleDir read_sample_dir(const std::string& dir) {
     mi.routing_times = h.value("routing_times", 3);
     mi.hidden_dim = h.value("hidden_dim", std::int64_t{0});
     mi.temperature = 1.0f;  // the examples pass 0.02; the models' forward never divides by it
+    if (r.model == "comirec_dr") mi.dr_init_std = 0.0f;  // torch.Tensor(...): zeros in practice (nn/capsule.hpp)
     s.model_config = mi;
     return s;
   }

@@ -8,7 +8,11 @@
 //   bilinear_type 1  hat_lk = W_k x_l  (one Linear to K*D)             "linear.weight" [K*D, D]
 //   bilinear_type 2  hat_lk = W_lk x_l (a map per position and interest) "w" [1, seq_len, K*D, D]
 //                    Torch-RecHub allocates it uninitialised (torch.Tensor(...)); we draw
-//                    N(0, init_std), ComiRec's original initialiser (tf random_normal, std 1)
+//                    N(0, init_std), ComiRec's original initialiser (tf random_normal, std 1).
+//                    In practice torch hands out ~99% zeros there (a fresh process: 99.2%),
+//                    and at W = 0 the squash's gradient vanishes, so Torch-RecHub's ComiRec-DR
+//                    trains on its user features alone: init_std 0 reproduces it (the
+//                    torch-rechub recipe; ML-100K Hit@100 0.292 vs its 0.286, vs 0.143 at std 1).
 //   types 1 and 2 start routing from zero logits; routing is ops/capsule.hpp's capsule_routing.
 // Torch-RecHub's optional ReLU layer after routing (relu_layer, default off, unused by its
 // models) is not provided.

@@ -126,6 +126,8 @@ inline Recipe torch_rechub_recipe(const std::string& model) {
     r.trainer.batch_size = 256;
     if (model == "sine") r.embed_dim = 128;
     else r.samples.padding = r.samples.truncating = PadSide::post;
+    // ComiRec-DR's maps are torch.Tensor(...), in practice zeros (nn/capsule.hpp): reproduce that.
+    if (model == "comirec_dr") r.model_overrides = {{"dr_init_std", 0.0}};
   } else if (model == "narm" || model == "stamp") {
     // No MovieLens example: run_sbr.py's settings (session data) on MovieLens histories. Its model
     // scores every item (full softmax), embed 100, batch 512, lr 1e-3, no weight decay, 30 epochs.
