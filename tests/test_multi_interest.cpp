@@ -518,8 +518,8 @@ TEST_CASE("lp_normalize: torch's F.normalize for any order p, values and gradien
   end_step();
 }
 
-TEST_CASE("SINE's extractor: gradient check of every weight and the input") {
-  Rng rng(19);
+/// A SINE extractor small enough for finite differences: D 3, H 4, 5 concepts, 2 intentions, L <= 5.
+SineExtractor::Options tiny_sine_options() {
   SineExtractor::Options o;
   o.embedding_dim = 3;
   o.hidden_dim = 4;
@@ -527,13 +527,24 @@ TEST_CASE("SINE's extractor: gradient check of every weight and the input") {
   o.num_intention = 2;
   o.seq_max_len = 5;
   o.temperature = 0.5f;
+  return o;
+}
+
+/// `first` (the items or the item table), then random weights in SineExtractor::Weights order.
+std::vector<Tensor> tiny_sine_inputs(Tensor first, Rng& rng) {
+  std::vector<Tensor> in{std::move(first)};
+  in.push_back(random_tensor({5, 3}, rng, -2, 2));  // concepts: well separated top-k scores
+  in.push_back(random_tensor({5, 3}, rng));         // positions (first 4 used)
+  for (const Shape& sh : {Shape{3, 4}, Shape{4, 1}, Shape{3, 3}, Shape{3, 4}, Shape{4, 2}, Shape{3, 4}, Shape{4, 1}})
+    in.push_back(random_tensor(sh, rng));
+  return in;
+}
+
+TEST_CASE("SINE's extractor: gradient check of every weight and the input") {
+  Rng rng(19);
+  const SineExtractor::Options o = tiny_sine_options();
   const Tensor mask = ids({2, 4}, {3, 1, 0, 0, 0, 2, 5, 7});
-  std::vector<Tensor> in{random_tensor({2, 4, 3}, rng),    // items
-                         random_tensor({5, 3}, rng, -2, 2),  // concepts: well separated top-k scores
-                         random_tensor({5, 3}, rng),         // positions (first 4 used)
-                         random_tensor({3, 4}, rng), random_tensor({4, 1}, rng), random_tensor({3, 3}, rng),
-                         random_tensor({3, 4}, rng), random_tensor({4, 2}, rng), random_tensor({3, 4}, rng),
-                         random_tensor({4, 1}, rng)};
+  std::vector<Tensor> in = tiny_sine_inputs(random_tensor({2, 4, 3}, rng), rng);  // items first
   for (int which = 0; which < 2; ++which) {
     CAPTURE(which);
     check_gradients(
@@ -548,20 +559,9 @@ TEST_CASE("SINE's extractor: gradient check of every weight and the input") {
 
 TEST_CASE("SINE's extractor through the projected item table: gradient check, and equal to the direct path") {
   Rng rng(23);
-  SineExtractor::Options o;
-  o.embedding_dim = 3;
-  o.hidden_dim = 4;
-  o.num_concept = 5;
-  o.num_intention = 2;
-  o.seq_max_len = 5;
-  o.temperature = 0.5f;
+  const SineExtractor::Options o = tiny_sine_options();
   const Tensor mask = ids({2, 4}, {3, 1, 0, 0, 0, 2, 5, 4});  // 8 positions, a 6-row table: projected
-  std::vector<Tensor> in{random_tensor({6, 3}, rng),         // the item table (row 0 = padding)
-                         random_tensor({5, 3}, rng, -2, 2),  // concepts: well separated top-k scores
-                         random_tensor({5, 3}, rng),         // positions (first 4 used)
-                         random_tensor({3, 4}, rng), random_tensor({4, 1}, rng), random_tensor({3, 3}, rng),
-                         random_tensor({3, 4}, rng), random_tensor({4, 2}, rng), random_tensor({3, 4}, rng),
-                         random_tensor({4, 1}, rng)};
+  std::vector<Tensor> in = tiny_sine_inputs(random_tensor({6, 3}, rng), rng);  // the item table (row 0 = padding)
   auto run = [&](const std::vector<Var>& v, bool through_table) {
     SineExtractor::Weights w{v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]};
     Var items = embedding_bag(v[0], mask, BagMode::concat, 0);
