@@ -116,7 +116,7 @@ inline void attention_forward(float* hh, float* s, float* A, const float* w2, co
 
 /// From dA: dW2 += Hh^T dS (when dw2), and dP = (dS W2^T) * (1 - Hh^2) written to `dp` [B*L, H]
 /// (when given; added to it when `accumulate`; `dp` may be `hh` itself, overwritten row by row).
-/// Masked rows (pm[r] == 0) have dS = 0: they are skipped (left untouched in `dp`).
+/// Masked rows (pm[r] == 0) have dS = 0: they are skipped (0 in `dp` when written, untouched when added to).
 inline void attention_backward(const float* A, const float* dA, const float* hh, const float* w2, float* dw2,
                                float* dp, bool accumulate, const std::int32_t* pm, std::int64_t B, std::int64_t L,
                                std::int64_t H, std::int64_t K) {
@@ -155,7 +155,10 @@ inline void attention_backward(const float* A, const float* dA, const float* hh,
     for (std::int64_t c = c0; c < c1; ++c) {
       const std::int64_t r0 = c * BL / chunks, r1 = (c + 1) * BL / chunks;
       for (std::int64_t r = r0; r < r1; ++r) {
-        if (pm && !pm[r]) continue;
+        if (pm && !pm[r]) {
+          if (dp && !accumulate) std::fill(dp + r * H, dp + (r + 1) * H, 0.0f);
+          continue;
+        }
         const float* dsr = ds + r * K;
         Eigen::Map<const Eigen::ArrayXf> th(hh + r * H, H);
         if (part)
@@ -203,11 +206,7 @@ inline Var self_attentive_weights(const Var& x, const Var& w1, const Var& w2, co
   detail::record(out, [x, w1, w2, out, hh, pm, B, L, D, H, K] {
     const bool want_dp = x.requires_grad() || w1.requires_grad();
     const std::int64_t BL = B * L;
-    // dP overwrites Hh (each row is read before it is written); masked rows must read 0.
-    float* dp = want_dp ? hh : nullptr;
-    if (dp && pm)
-      for (std::int64_t r = 0; r < BL; ++r)
-        if (!pm[r]) std::fill(dp + r * H, dp + (r + 1) * H, 0.0f);
+    float* dp = want_dp ? hh : nullptr;  // dP overwrites Hh (each row is read before it is written)
     detail::attention_backward(out.value().f32(), out.grad().f32(), hh, w2.value().f32(),
                                w2.requires_grad() ? w2.grad_acc().f32() : nullptr, dp, false, pm, B, L, H, K);
     if (!dp) return;
@@ -278,7 +277,7 @@ inline Var self_attentive_weights_table(const Var& proj, const Var& pos, const T
   detail::attention_forward(hh, s, out.value().f32(), W2.f32(), id, B, L, H, K);
   detail::record(out, [proj, pos, w2, out, hh, id, B, L, V, H, K] {
     const bool want_dp = proj.requires_grad() || pos.requires_grad();
-    float* dp = want_dp ? hh : nullptr;  // dP overwrites Hh row by row; padding rows stay 0
+    float* dp = want_dp ? hh : nullptr;  // dP overwrites Hh row by row; padding rows become 0
     detail::attention_backward(out.value().f32(), out.grad().f32(), hh, w2.value().f32(),
                                w2.requires_grad() ? w2.grad_acc().f32() : nullptr, dp, false, id, B, L, H, K);
     if (!dp) return;
