@@ -5,12 +5,14 @@
 #include <cstdio>
 #include <cstring>
 
+#include "gradcheck.hpp"
 #include "rechub/data/match_columns.hpp"
 #include "rechub/data/samples.hpp"
 #include "rechub/data/synthetic.hpp"
 #include "rechub/eval/evaluate.hpp"
 #include "rechub/eval/popularity.hpp"
 #include "rechub/models/registry.hpp"
+#include "rechub/ops/reduce.hpp"
 #include "rechub/io/training_checkpoint.hpp"
 #include "rechub/train/match_trainer.hpp"
 #include "rechub/train/recipes.hpp"
@@ -81,6 +83,67 @@ TEST_CASE("every model builds from its JSON config and produces tower shapes") {
   CHECK_THROWS_WITH_AS(make_model("nope", nlohmann::json::object()),
                        "unknown model 'nope' (known: dssm, facebook_dssm, youtube_dnn, youtube_sbc, mind, comirec_dr, comirec_sa, sine, "
                        "gru4rec, narm, stamp, sasrec)", ConfigError);
+}
+
+TEST_CASE("item towers on distinct rows: the same values, gradients and BatchNorm statistics as every row") {
+  // 40 items in 256 rows: each batch repeats items many times, so both item towers take the
+  // distinct-row path; a twin with it switched off takes the direct one.
+  Fixture f(1, 1, 300, 40);
+  BatchIterator it(f.md.train, 256, true, 3);
+  const Batch& b = *it.next();
+  for (const char* col : {"movie_id", "neg_items"}) {  // enough repeats for the distinct-row path
+    const Tensor* c = &b[col];
+    REQUIRE(unique_rows(&c, 1).unique * 4 <= b.rows() * 3);
+  }
+  for (const char* name : {"facebook_dssm", "dssm"}) {
+    CAPTURE(name);
+    auto fast = make_model(name, default_model_config(name, f.schema, 8, 1));
+    auto direct = make_model(name, default_model_config(name, f.schema, 8, 1));
+    auto pf = fast->named_parameters(), pd = direct->named_parameters();
+    REQUIRE(pf.size() == pd.size());
+    Rng rng(9);
+    for (std::size_t i = 0; i < pf.size(); ++i) {
+      // Embeddings of O(1), not the initial 1e-4: BatchNorm then compares signal, not rounding
+      // (at 1e-4 the first layer's output is its bias plus a 1e-4 ripple, and centring it cancels
+      // all but a few bits, differently in the two summation orders).
+      if (pf[i].first.rfind("embedding.", 0) == 0)
+        pf[i].second->value().copy_from(testing::random_tensor(pf[i].second->shape(), rng, -1.0f, 1.0f));
+      pd[i].second->value().copy_from(pf[i].second->value());
+    }
+    dynamic_cast<TwoTower&>(*direct).use_distinct_item_rows(false);
+    Tensor r_pos, r_neg;
+    std::vector<Tensor> outs[2];
+    for (MatchModel* m : {fast.get(), direct.get()}) {
+      m->train();
+      Var v = m->item_tower(b), vn = m->neg_item_tower(b);
+      if (!r_pos.defined()) {
+        r_pos = testing::random_tensor(v.shape(), rng);
+        r_neg = testing::random_tensor(vn.shape(), rng);
+      }
+      backward(add(sum(mul(v, constant(r_pos))), sum(mul(vn, constant(r_neg)))));
+      auto& o = outs[m == fast.get() ? 0 : 1];
+      o.push_back(v.value().clone());
+      o.push_back(vn.value().clone());
+      for (auto& [n, p] : m->named_parameters()) o.push_back(p->grad().defined() ? p->grad().clone() : Tensor());
+      for (auto& [n, t] : m->named_buffers()) o.push_back(t->clone());
+      end_step();
+    }
+    REQUIRE(outs[0].size() == outs[1].size());
+    for (std::size_t i = 0; i < outs[0].size(); ++i) {
+      CAPTURE(i);
+      REQUIRE(outs[0][i].defined() == outs[1][i].defined());
+      if (!outs[0][i].defined()) continue;
+      REQUIRE(outs[0][i].shape() == outs[1][i].shape());
+      float diff = 0.0f, size = 0.0f;  // max |fast - direct| against max |direct| of each tensor
+      for (std::int64_t k = 0; k < outs[0][i].numel(); ++k) {
+        diff = std::max(diff, std::fabs(outs[0][i].f32()[k] - outs[1][i].f32()[k]));
+        size = std::max(size, std::fabs(outs[1][i].f32()[k]));
+      }
+      // max(size, 1): a Linear bias before BatchNorm has gradient 0 in exact arithmetic, so both
+      // paths give rounding noise there (~1e-5 beside weight gradients of ~10).
+      CHECK(diff <= 1e-4f * std::max(size, 1.0f));
+    }
+  }
 }
 
 TEST_CASE("every objective trains: the loss falls over a few epochs") {

@@ -12,6 +12,7 @@
 #include "rechub/ops/index.hpp"
 #include "rechub/ops/shape.hpp"
 #include "rechub/ops/topk.hpp"
+#include "rechub/ops/unique_rows.hpp"
 
 using namespace rechub;
 using testing::check_gradients;
@@ -225,6 +226,44 @@ void check_topk_against_sort(const Tensor& vals, std::int64_t k) {
   }
 }
 }  // namespace
+
+TEST_CASE("unique_rows: distinct id tuples in first-appearance order, inverse and counts") {
+  std::vector<std::int32_t> a = {5, 3, 5, 5, 7, 3, 5}, b = {1, 2, 1, 2, 0, 2, 1};
+  const Tensor ta = Tensor::from_vector(Shape{7}, a.data()), tb = Tensor::from_vector(Shape{7, 1}, b.data());
+  const Tensor* cols[] = {&ta, &tb};
+  UniqueRows u = unique_rows(cols, 2);
+  REQUIRE(u.unique == 4);  // (5,1) (3,2) (5,2) (7,0)
+  CHECK(std::vector<std::int32_t>(u.ids[0].i32(), u.ids[0].i32() + 4) == std::vector<std::int32_t>{5, 3, 5, 7});
+  CHECK(std::vector<std::int32_t>(u.ids[1].i32(), u.ids[1].i32() + 4) == std::vector<std::int32_t>{1, 2, 2, 0});
+  CHECK(std::vector<std::int32_t>(u.inverse.i32(), u.inverse.i32() + 7) ==
+        std::vector<std::int32_t>{0, 1, 0, 2, 3, 1, 0});
+  CHECK(u.inverse.shape() == Shape{7});
+  CHECK(std::vector<float>(u.counts.f32(), u.counts.f32() + 4) == std::vector<float>{3, 2, 1, 1});
+  // One column alone merges what the second told apart; random ids agree with a std::map count.
+  UniqueRows one = unique_rows(cols, 1);
+  CHECK(one.unique == 3);
+  Rng rng(3);
+  std::vector<std::int32_t> r(5000);
+  for (auto& x : r) x = static_cast<std::int32_t>(rng.below(700)) - 50;  // negative ids hash too
+  const Tensor tr = Tensor::from_vector(Shape{50, 100}, r.data());
+  const Tensor* rc[] = {&tr};
+  UniqueRows ur = unique_rows(rc, 1);
+  std::vector<std::int32_t> sorted = r;
+  std::sort(sorted.begin(), sorted.end());
+  CHECK(ur.unique == std::unique(sorted.begin(), sorted.end()) - sorted.begin());
+  float total = 0.0f;
+  for (std::int64_t j = 0; j < ur.unique; ++j) total += ur.counts.f32()[j];
+  CHECK(total == 5000.0f);
+  for (std::int64_t i = 0; i < 5000; ++i) REQUIRE(ur.ids[0].i32()[ur.inverse.i32()[i]] == r[std::size_t(i)]);
+  CHECK(ur.inverse.shape() == Shape{50, 100});
+  // Columns must agree in size and be int32.
+  const Tensor short_col = Tensor::from_vector(Shape{3}, a.data()), f = Tensor::zeros({7});
+  const Tensor* bad1[] = {&ta, &short_col};
+  CHECK_THROWS_WITH_AS(unique_rows(bad1, 2), doctest::Contains("column 1 [3] has 3 elements"), ShapeError);
+  const Tensor* bad2[] = {&f};
+  CHECK_THROWS_WITH_AS(unique_rows(bad2, 1), doctest::Contains("must be int32"), ShapeError);
+  end_step();
+}
 
 TEST_CASE("topk matches a full stable sort, ties to the lower index") {
   Rng rng(7);

@@ -172,6 +172,75 @@ TEST_CASE("batch_norm1d_act equals batch_norm1d followed by the activation") {
       }
 }
 
+TEST_CASE("batch_norm1d_act with row weights equals the batch with each row repeated") {
+  // Distinct rows [U, C] with counts w stand for the expanded batch [sum w, C]; the incoming
+  // gradient of a distinct row is the sum of its copies' gradients (what a gather's backward gives).
+  Rng rng(6);
+  const std::vector<int> counts = {3, 1, 4, 2, 1};
+  const std::int64_t U = 5, C = 3, N = 11;
+  const Tensor xu = random_tensor({U, C}, rng, -2, 2), gam = random_tensor({C}, rng, 0.5f, 1.5f),
+               bet = random_tensor({C}, rng), seed = random_tensor({N, C}, rng);
+  Tensor w = Tensor::empty({U}), xe = Tensor::empty({N, C}), seed_u = Tensor::zeros({U, C});
+  std::vector<int> of_row;
+  for (std::int64_t u = 0; u < U; ++u) {
+    w.f32()[u] = float(counts[std::size_t(u)]);
+    for (int k = 0; k < counts[std::size_t(u)]; ++k) of_row.push_back(int(u));
+  }
+  for (std::int64_t r = 0; r < N; ++r)
+    for (std::int64_t c = 0; c < C; ++c) {
+      xe.f32()[r * C + c] = xu.f32()[of_row[std::size_t(r)] * C + c];
+      seed_u.f32()[of_row[std::size_t(r)] * C + c] += seed.f32()[r * C + c];
+    }
+  for (bool training : {true, false})
+    for (ActKind k : {ActKind::none, ActKind::relu, ActKind::prelu, ActKind::tanh}) {
+      CAPTURE(act_name(k));
+      CAPTURE(training);
+      const Tensor slope = random_tensor({C}, rng);
+      Parameter pxu(xu.clone()), pxe(xe.clone());
+      Parameter g1(gam.clone()), b1(bet.clone()), a1(slope.clone()), g2(gam.clone()), b2(bet.clone()), a2(slope.clone());
+      Tensor rm1 = random_tensor({C}, rng), rv1 = random_tensor({C}, rng, 0.5f, 2.0f), rm2 = rm1.clone(),
+             rv2 = rv1.clone();
+      Var yu = batch_norm1d_act(pxu, g1, b1, rm1, rv1, training, 0.1f, 1e-5f, k, a1, w);
+      Var ye = batch_norm1d_act(pxe, g2, b2, rm2, rv2, training, 0.1f, 1e-5f, k, a2);
+      for (std::int64_t r = 0; r < N; ++r)
+        for (std::int64_t c = 0; c < C; ++c)
+          CHECK(yu.value().f32()[of_row[std::size_t(r)] * C + c] ==
+                doctest::Approx(ye.value().f32()[r * C + c]).epsilon(1e-5).scale(1e-6));
+      for (std::int64_t c = 0; c < C; ++c) {
+        CHECK(rm1.f32()[c] == doctest::Approx(rm2.f32()[c]).epsilon(1e-6));
+        CHECK(rv1.f32()[c] == doctest::Approx(rv2.f32()[c]).epsilon(1e-6));
+      }
+      tape().backward(yu, seed_u);
+      tape().backward(ye, seed);
+      for (std::int64_t u = 0; u < U; ++u)
+        for (std::int64_t c = 0; c < C; ++c) {
+          float dx_sum = 0.0f;
+          for (std::int64_t r = 0; r < N; ++r)
+            if (of_row[std::size_t(r)] == u) dx_sum += pxe.grad().f32()[r * C + c];
+          CHECK(pxu.grad().f32()[u * C + c] == doctest::Approx(dx_sum).epsilon(1e-4).scale(1e-5));
+        }
+      for (auto [p, q] : {std::pair{&g1, &g2}, std::pair{&b1, &b2}, std::pair{&a1, &a2}}) {
+        if (k != ActKind::prelu && p == &a1) break;
+        for (std::int64_t c = 0; c < C; ++c)
+          CHECK(p->grad().f32()[c] == doctest::Approx(q->grad().f32()[c]).epsilon(1e-5).scale(1e-6));
+      }
+      end_step();
+    }
+  // Weights must be finite counts >= 0, one per row; training needs them to sum past 1.
+  Tensor rm = Tensor::zeros({C}), rv = Tensor::full({C}, 1.0f);
+  Tensor bad = w.clone();
+  bad.f32()[2] = -1.0f;
+  CHECK_THROWS_WITH_AS(batch_norm1d_act(constant(xu), Var(), Var(), rm, rv, true, 0.1f, 1e-5f, ActKind::none, Var(), bad),
+                       doctest::Contains("row weight -1 at row 2"), ShapeError);
+  CHECK_THROWS_WITH_AS(
+      batch_norm1d_act(constant(xu), Var(), Var(), rm, rv, true, 0.1f, 1e-5f, ActKind::none, Var(), Tensor::zeros({4})),
+      doctest::Contains("row_weights [4] do not match input [5, 3]"), ShapeError);
+  CHECK_THROWS_WITH_AS(
+      batch_norm1d_act(constant(xu), Var(), Var(), rm, rv, true, 0.1f, 1e-5f, ActKind::none, Var(), Tensor::zeros({5})),
+      doctest::Contains("row weights summing to 0"), ShapeError);
+  end_step();
+}
+
 TEST_CASE("row and column reductions are bit-identical for 1 and 2 threads") {
   Rng rng(6);
   const Tensor x = random_tensor({777, 48}, rng), g = random_tensor({48}, rng), b = random_tensor({48}, rng);

@@ -6,7 +6,9 @@
 // block as large as everything the step used, so from the second step on a steady-state step
 // performs no heap allocation at all (tests/test_core.cpp counts them).
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "rechub/core/tensor.hpp"
@@ -91,5 +93,16 @@ inline Arena& step_arena() {
   thread_local Arena arena;
   return arena;
 }
+
+namespace detail {
+/// A copy of n elements in the step arena: what a backward keeps of its caller's buffers, which
+/// need not outlive the forward.
+template <class T>
+T* arena_copy(const T* src, std::int64_t n) {
+  auto* dst = static_cast<T*>(step_arena().allocate(static_cast<std::size_t>(n) * sizeof(T)));
+  if (n) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(T));
+  return dst;
+}
+}  // namespace detail
 
 }  // namespace rechub

@@ -157,10 +157,10 @@ class BatchNorm1d : public Module {
     register_buffer("running_var", running_var);
   }
   Var forward(const Var& x) { return forward_act(x, ActKind::none); }
-  /// act(batchnorm(x)) in one fused pass.
-  Var forward_act(const Var& x, ActKind act, const Var& slope = Var()) {
+  /// act(batchnorm(x)) in one fused pass; row_weights: see batch_norm1d_act.
+  Var forward_act(const Var& x, ActKind act, const Var& slope = Var(), const Tensor& row_weights = Tensor()) {
     return batch_norm1d_act(x, affine_ ? weight.var() : Var(), affine_ ? bias.var() : Var(), running_mean, running_var,
-                            is_training(), momentum_, eps_, act, slope);
+                            is_training(), momentum_, eps_, act, slope, row_weights);
   }
   float eps() const { return eps_; }
   float momentum() const { return momentum_; }

@@ -12,6 +12,11 @@
 //
 // Input [N, in] -> [N, out]; any [..., in] is accepted: its leading dims are flattened into rows
 // (batch statistics are then taken over all rows, like BatchNorm1d on x.view(-1, in)).
+//
+// Row weights: forward(x, w) treats row r as w[r] identical rows (x = the distinct rows of a
+// larger batch, w = their counts; ops/unique_rows.hpp). Every layer but BatchNorm is per row, and
+// BatchNorm takes the weights, so the outputs and gradients are those of the larger batch; this
+// holds while no dropout mask is drawn and every activation is elementwise (exact_on_distinct_rows).
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -54,18 +59,22 @@ class MLP : public Module {
     build();
   }
 
-  /// x [..., input_dim] -> [..., output_dim()].
-  Var forward(const Var& x) {
+  /// x [..., input_dim] -> [..., output_dim()]; row_weights f32 [rows of x] (see the top).
+  Var forward(const Var& x, const Tensor& row_weights = Tensor()) {
     const Shape& s = x.shape();
     RECHUB_CHECK_SHAPE(s.ndim() >= 1 && s[-1] == input_dim_, "mlp: input ", s.str(), " has ", s.ndim() ? s[-1] : 0,
                        " features, MLP expects ", input_dim_);
+    RECHUB_CHECK_AS(ConfigError, !row_weights.defined() || exact_on_distinct_rows(),
+                    "mlp: row weights need elementwise activations and no dropout while training (activation '",
+                    opt_.activation, "', dropout ", opt_.dropout, ")");
     const bool flatten = opt_.batchnorm && !blocks_.empty() && s.ndim() != 2;
     Var h = flatten ? detail::view(x, {x.value().rows(), input_dim_}) : x;
     for (auto& b : blocks_) {
       Activation& act = *b.act;
       if (b.bn) {
         Var z = b.linear->forward(h);
-        h = act.fusable() ? b.bn->forward_act(z, act.kind(), act.slope()) : act.forward(b.bn->forward(z));
+        h = act.fusable() ? b.bn->forward_act(z, act.kind(), act.slope(), row_weights)
+                          : act.forward(b.bn->forward(z));
       } else {
         h = act.fusable() ? b.linear->forward_act(h, act.kind(), act.slope()) : act.forward(b.linear->forward(h));
       }
@@ -80,6 +89,13 @@ class MLP : public Module {
     return h;
   }
 
+  /// Whether forward(x, row_weights) equals the expanded batch's forward (see the top).
+  bool exact_on_distinct_rows() const {
+    if (opt_.dropout > 0.0f && is_training()) return false;
+    for (const auto& b : blocks_)
+      if (!b.act->fusable()) return false;
+    return true;
+  }
   std::int64_t input_dim() const { return input_dim_; }
   std::int64_t output_dim() const {
     if (opt_.output_layer) return 1;

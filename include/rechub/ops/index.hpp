@@ -55,11 +55,6 @@ inline void check_ids(const char* op, const std::int32_t* ids, std::int64_t n, c
     if (ids[i] < 0 || ids[i] >= V)
       throw_error<DataError>(op, ": id ", ids[i], " at position ", i, " is out of range for table ", T.shape().str());
 }
-inline std::int32_t* arena_copy(const std::int32_t* src, std::int64_t n) {
-  auto* dst = static_cast<std::int32_t*>(step_arena().allocate(static_cast<std::size_t>(n) * sizeof(std::int32_t)));
-  if (n) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(std::int32_t));
-  return dst;
-}
 /// dT[ids[i]] += scale_i * dy_i for i in [0, n) (skipping ids == skip); dy_i = dy + (i / rows_per_grad) * D.
 /// Deterministic scatter: threads own contiguous ranges of table rows (see the header comment).
 inline void scatter_add_rows(float* dT, std::int64_t V, std::int64_t D, const std::int32_t* ids, std::int64_t n,

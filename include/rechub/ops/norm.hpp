@@ -13,6 +13,13 @@
 //                 with gz = g act'(z): dgamma += sum gz xh, dbeta += sum gz,
 //                 training: dx += gamma invstd (gz - mean_N(gz) - xh mean_N(gz xh)),
 //                 eval:     dx += gamma invstd gz  (running stats are constants).
+//                 Row weights w [N] (optional): row r stands for w_r identical rows of a larger
+//                 batch of n = sum w rows (the unique rows of a batch with repeats, w = counts).
+//                 Statistics are the weighted ones (mean = sum w x / n, var = sum w (x - mean)^2 / n,
+//                 running var scaled by n / (n - 1)); the incoming gradient of row r is the SUM of
+//                 its copies' gradients, so the sums above stay unweighted and only the centring
+//                 term scales: dx_r += gamma invstd (gz_r - w_r (sum gz + xh_r sum gz xh) / n).
+//                 Values and gradients equal those of the expanded batch (tested).
 //   l2_normalize  y = x / max(||x||, eps) per row over the last dim (torch F.normalize):
 //                 ||x|| > eps: dx += (g - y (g . y)) / ||x||;  otherwise dx += g / eps.
 //   dice_bn       the DIN paper's Dice: p = sigmoid(batch_norm1d(x) without affine),
@@ -23,6 +30,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #ifdef __AVX__
 #include <immintrin.h>
 #endif
@@ -128,19 +136,27 @@ inline void bn_inv_std(float* __restrict out, const float* __restrict var, float
   for (; c < n; ++c) out[c] = 1.0f / std::sqrt(var[c] + eps);
 }
 
-/// mean and biased variance of each column (two passes: the variance stays accurate).
+/// mean and biased variance of each column (two passes: the variance stays accurate); with row
+/// weights `rw` the weighted ones over n = sum rw rows.
 inline void bn_column_stats(const float* __restrict x, std::int64_t N, std::int64_t C, std::int64_t w,
-                            float* __restrict mean, float* __restrict var) {
+                            const float* __restrict rw, float n, float* __restrict mean, float* __restrict var) {
   for (std::int64_t c = 0; c < w; ++c) mean[c] = var[c] = 0.0f;
-  for (std::int64_t r = 0; r < N; ++r)
-    for (std::int64_t c = 0; c < w; ++c) mean[c] += x[r * C + c];
-  for (std::int64_t c = 0; c < w; ++c) mean[c] /= float(N);
-  for (std::int64_t r = 0; r < N; ++r)
+  if (rw) {
+    for (std::int64_t r = 0; r < N; ++r)
+      for (std::int64_t c = 0; c < w; ++c) mean[c] += rw[r] * x[r * C + c];
+  } else {
+    for (std::int64_t r = 0; r < N; ++r)
+      for (std::int64_t c = 0; c < w; ++c) mean[c] += x[r * C + c];
+  }
+  for (std::int64_t c = 0; c < w; ++c) mean[c] /= n;
+  for (std::int64_t r = 0; r < N; ++r) {
+    const float wr = rw ? rw[r] : 1.0f;
     for (std::int64_t c = 0; c < w; ++c) {
       const float d = x[r * C + c] - mean[c];
-      var[c] += d * d;
+      var[c] += wr * d * d;
     }
-  for (std::int64_t c = 0; c < w; ++c) var[c] /= float(N);
+  }
+  for (std::int64_t c = 0; c < w; ++c) var[c] /= n;
 }
 
 template <ActKind K>
@@ -170,33 +186,54 @@ inline void bn_act_backward_sums(const float* __restrict x, const float* __restr
 }
 
 /// dx += A (gz - mean(gz) - xh mean(gz xh)) in training; dx += A gz in eval (constant stats).
+/// With row weights the centring term of row r scales by rw[r] and n = sum rw (see the top).
 template <ActKind K>
 inline void bn_act_backward_dx(const float* __restrict x, const float* __restrict y, const float* __restrict g,
                                float* __restrict dx, std::int64_t N, std::int64_t C, std::int64_t w,
                                const float* __restrict I, const float* __restrict M, const float* __restrict A,
                                const float* __restrict B, const float* __restrict S, const float* __restrict s_g,
-                               const float* __restrict s_gx, bool training) {
-  const float inv_n = training ? 1.0f / float(N) : 0.0f;
-  for (std::int64_t r = 0; r < N; ++r)
+                               const float* __restrict s_gx, bool training, const float* __restrict rw, float n) {
+  const float inv_n = training ? 1.0f / n : 0.0f;
+  for (std::int64_t r = 0; r < N; ++r) {
+    const float scale = rw ? rw[r] * inv_n : inv_n;
     for (std::int64_t c = 0; c < w; ++c) {
       const std::int64_t i = r * C + c;
       const float xh = x[i] * I[c] + M[c], z = x[i] * A[c] + B[c];
       const float gz = act_grad<K>(g[i], z, y[i], S[c]);
-      dx[i] += A[c] * (gz - (s_g[c] + xh * s_gx[c]) * inv_n);
+      dx[i] += A[c] * (gz - (s_g[c] + xh * s_gx[c]) * scale);
     }
+  }
 }
 }  // namespace detail
 
 /// act(batch_norm1d(x)) in one pass over x [N, C]; torch BatchNorm1d semantics (see top). gamma,
 /// beta may be undefined (affine=False); running stats may be undefined in training
-/// (track_running_stats=False). slope is prelu's [1] or [C] slope.
+/// (track_running_stats=False). slope is prelu's [1] or [C] slope. row_weights (f32 [N], each >= 0,
+/// optional): row r counts rw[r] times (see the top).
 inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean, Tensor& running_var,
-                            bool training, float momentum, float eps, ActKind act, const Var& slope = Var()) {
+                            bool training, float momentum, float eps, ActKind act, const Var& slope = Var(),
+                            const Tensor& row_weights = Tensor()) {
   const Tensor& X = x.value();
   detail::check_cpu("batch_norm1d", X);
   detail::check_f32("batch_norm1d", X, "input");
   RECHUB_CHECK_SHAPE(X.ndim() == 2, "batch_norm1d: input must be [N, C], got ", X.shape().str());
   const std::int64_t N = X.dim(0), C = X.dim(1);
+  const float* rw = nullptr;
+  double n_rows = double(N);
+  if (row_weights.defined()) {
+    detail::check_cpu("batch_norm1d", row_weights);
+    detail::check_f32("batch_norm1d", row_weights, "row_weights");
+    RECHUB_CHECK_SHAPE(row_weights.numel() == N, "batch_norm1d: row_weights ", row_weights.shape().str(),
+                       " do not match input ", X.shape().str());
+    rw = row_weights.f32();
+    n_rows = 0.0;
+    for (std::int64_t r = 0; r < N; ++r) {
+      RECHUB_CHECK_SHAPE(rw[r] >= 0.0f && std::isfinite(rw[r]), "batch_norm1d: row weight ", rw[r], " at row ", r,
+                         " is not a finite count >= 0");
+      n_rows += rw[r];
+    }
+  }
+  const float n = float(n_rows);
   for (const Var* p : {&gamma, &beta})
     if (p->defined()) {
       detail::check_cpu("batch_norm1d", p->value());
@@ -211,8 +248,9 @@ inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Ten
                        X.shape().str());
   }
   RECHUB_CHECK_SHAPE(training || have_running, "batch_norm1d: eval mode needs running_mean and running_var");
-  RECHUB_CHECK_SHAPE(!training || N > 1,
-                     "batch_norm1d: expected more than 1 value per channel when training, got input ", X.shape().str());
+  RECHUB_CHECK_SHAPE(!training || n > 1.0f,
+                     "batch_norm1d: expected more than 1 value per channel when training, got input ", X.shape().str(),
+                     rw ? " (row weights summing to " + std::to_string(n) + ")" : std::string());
   const bool use_slope = act == ActKind::prelu;
   if (use_slope) detail::check_slope("batch_norm1d", X.shape(), slope, "slope");
   const Var sl = use_slope ? slope : Var();
@@ -235,11 +273,11 @@ inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Ten
       const std::int64_t w = c1 - c0;
       float *mean = tmp + c0, *var = I + c0;
       if (training) {
-        detail::bn_column_stats(px + c0, N, C, w, mean, var);
+        detail::bn_column_stats(px + c0, N, C, w, rw, n, mean, var);
         for (std::int64_t c = c0; c < c1; ++c) {
           if (rm) {
             rm[c] = (1.0f - momentum) * rm[c] + momentum * tmp[c];
-            rv[c] = (1.0f - momentum) * rv[c] + momentum * I[c] * float(N) / float(N - 1);
+            rv[c] = (1.0f - momentum) * rv[c] + momentum * I[c] * n / (n - 1.0f);
           }
           I[c] = 1.0f / std::sqrt(I[c] + eps);
         }
@@ -255,7 +293,8 @@ inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Ten
       detail::bn_act_forward<K>(px + c0, py + c0, N, C, w, A + c0, B + c0, S + c0);
     });
   });
-  detail::record(out, [x, gamma, beta, sl, out, N, C, na, cols, training, act] {
+  const float* saved_rw = rw ? detail::arena_copy(rw, N) : nullptr;
+  detail::record(out, [x, gamma, beta, sl, out, N, C, na, cols, training, act, saved_rw, n] {
     const float *g = out.grad().f32(), *y = out.value().f32(), *px = x.value().f32();
     const float *I = cols, *M = cols + C, *A = cols + 2 * C, *B = cols + 3 * C, *S = cols + 4 * C;
     float* dx = x.requires_grad() ? x.grad_acc().f32() : nullptr;
@@ -270,7 +309,7 @@ inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Ten
                                         s_g + c0, s_gx + c0, s_a + c0);
         if (dx)
           detail::bn_act_backward_dx<K>(px + c0, y + c0, g + c0, dx + c0, N, C, w, I + c0, M + c0, A + c0, B + c0,
-                                        S + c0, s_g + c0, s_gx + c0, training);
+                                        S + c0, s_g + c0, s_gx + c0, training, saved_rw, n);
       });
     });
     if (detail::needs_grad(gamma)) {
