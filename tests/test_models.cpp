@@ -85,9 +85,10 @@ TEST_CASE("every model builds from its JSON config and produces tower shapes") {
                        "gru4rec, narm, stamp, sasrec)", ConfigError);
 }
 
-TEST_CASE("item towers on distinct rows: the same values, gradients and BatchNorm statistics as every row") {
+TEST_CASE("distinct-id shortcuts: the same tower values, gradients and BatchNorm statistics as the direct path") {
   // 40 items in 256 rows: each batch repeats items many times, so both item towers take the
-  // distinct-row path; a twin with it switched off takes the direct one.
+  // distinct-row path, and the user tower's first layer takes gender/age/occupation by id; a twin
+  // with the shortcuts switched off takes the direct path.
   Fixture f(1, 1, 300, 40);
   BatchIterator it(f.md.train, 256, true, 3);
   const Batch& b = *it.next();
@@ -110,18 +111,21 @@ TEST_CASE("item towers on distinct rows: the same values, gradients and BatchNor
         pf[i].second->value().copy_from(testing::random_tensor(pf[i].second->shape(), rng, -1.0f, 1.0f));
       pd[i].second->value().copy_from(pf[i].second->value());
     }
-    dynamic_cast<TwoTower&>(*direct).use_distinct_item_rows(false);
-    Tensor r_pos, r_neg;
+    dynamic_cast<TwoTower&>(*direct).use_distinct_ids(false);
+    Tensor r_user, r_pos, r_neg;
     std::vector<Tensor> outs[2];
     for (MatchModel* m : {fast.get(), direct.get()}) {
       m->train();
-      Var v = m->item_tower(b), vn = m->neg_item_tower(b);
+      Var u = m->user_tower(b), v = m->item_tower(b), vn = m->neg_item_tower(b);
       if (!r_pos.defined()) {
+        r_user = testing::random_tensor(u.shape(), rng);
         r_pos = testing::random_tensor(v.shape(), rng);
         r_neg = testing::random_tensor(vn.shape(), rng);
       }
-      backward(add(sum(mul(v, constant(r_pos))), sum(mul(vn, constant(r_neg)))));
+      backward(add(sum(mul(u, constant(r_user))),
+                   add(sum(mul(v, constant(r_pos))), sum(mul(vn, constant(r_neg))))));
       auto& o = outs[m == fast.get() ? 0 : 1];
+      o.push_back(u.value().clone());
       o.push_back(v.value().clone());
       o.push_back(vn.value().clone());
       for (auto& [n, p] : m->named_parameters()) o.push_back(p->grad().defined() ? p->grad().clone() : Tensor());

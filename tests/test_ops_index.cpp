@@ -227,6 +227,43 @@ void check_topk_against_sort(const Tensor& vals, std::int64_t k) {
 }
 }  // namespace
 
+TEST_CASE("add_gathered_rows: base + bias + table lookups, gradients, shape errors") {
+  Rng rng(12);
+  const Tensor i0 = ids_tensor({5}, {2, 0, 2, 1, 2}), i1 = ids_tensor({5}, {0, 3, 3, 1, 0});
+  const Tensor* ids[] = {&i0, &i1};
+  check_gradients(
+      [&](const std::vector<Var>& v) {
+        const Var tables[] = {v[2], v[3]};
+        return add_gathered_rows(v[0], v[1], tables, ids, 2);
+      },
+      {random_tensor({5, 3}, rng), random_tensor({3}, rng), random_tensor({3, 3}, rng), random_tensor({4, 3}, rng)});
+  // Without base and bias: exactly the sum of the two lookups.
+  Parameter t0(random_tensor({3, 3}, rng)), t1(random_tensor({4, 3}, rng));
+  t0.track_rows(true);
+  const Var tables[] = {t0.var(), t1.var()};
+  Var y = add_gathered_rows(Var(), Var(), tables, ids, 2);
+  for (int b = 0; b < 5; ++b)
+    for (int c = 0; c < 3; ++c)
+      CHECK(y.value().f32()[b * 3 + c] ==
+            t0.value().f32()[i0.i32()[b] * 3 + c] + t1.value().f32()[i1.i32()[b] * 3 + c]);
+  tape().backward(y, Tensor::full({5, 3}, 1.0f));
+  CHECK(t0.grad().f32()[2 * 3] == 3.0f);  // id 2 appears three times
+  std::vector<std::int32_t> touched = t0.touched_rows()->rows;
+  std::sort(touched.begin(), touched.end());
+  CHECK(touched == std::vector<std::int32_t>{0, 1, 2});
+  end_step();
+  const Tensor short_ids = ids_tensor({4}, {0, 0, 0, 0}), bad_id = ids_tensor({5}, {0, 0, 9, 0, 0});
+  const Tensor* mism[] = {&i0, &short_ids};
+  CHECK_THROWS_WITH_AS(add_gathered_rows(Var(), Var(), tables, mism, 2),
+                       doctest::Contains("table 1 [4, 3] with ids [4] does not match"), ShapeError);
+  const Tensor* oob[] = {&bad_id};
+  CHECK_THROWS_WITH_AS(add_gathered_rows(Var(), Var(), tables, oob, 1), doctest::Contains("id 9 at position 2"),
+                       DataError);
+  CHECK_THROWS_WITH_AS(add_gathered_rows(constant(Tensor::zeros({5, 2})), Var(), tables, ids, 2),
+                       doctest::Contains("base [5, 2] is not [5, 3]"), ShapeError);
+  end_step();
+}
+
 TEST_CASE("unique_rows: distinct id tuples in first-appearance order, inverse and counts") {
   std::vector<std::int32_t> a = {5, 3, 5, 5, 7, 3, 5}, b = {1, 2, 1, 2, 0, 2, 1};
   const Tensor ta = Tensor::from_vector(Shape{7}, a.data()), tb = Tensor::from_vector(Shape{7, 1}, b.data());

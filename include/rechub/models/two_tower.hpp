@@ -8,12 +8,16 @@
 // L2 normalisation when the model asks for it. Parameter names follow Torch-RecHub's
 // state_dict: embedding.embed_dict.<table>.weight, user_mlp.mlp.<i>.*, item_mlp.mlp.<i>.*.
 //
-// Distinct items: a batch repeats items (4,096 ML-100K training rows hold ~1,100 distinct
-// movies; popular ones and sampled negatives recur), and an item's tower output depends on its
-// ids alone. When the item features are all sparse ids and the item MLP is exact on distinct rows
-// (nn/mlp.hpp: no dropout while training, elementwise activations), both item towers run the MLP
-// once per distinct row, BatchNorm weighting each by its count, and gather the outputs back:
-// the same values and gradients (tests/test_models.cpp) for a fraction of the item tower's work.
+// Distinct ids: a batch repeats ids, and two exact shortcuts skip the repeated work (the same
+// values and gradients up to rounding, tests/test_models.cpp; use_distinct_ids(false) turns both off):
+// - Item towers: an item's tower output depends on its ids alone, and 4,096 ML-100K training rows
+//   hold ~1,100 distinct movies. When the item features are all sparse ids and the item MLP is
+//   exact on distinct rows (nn/mlp.hpp: no dropout while training, elementwise activations), the
+//   MLP runs once per distinct row, BatchNorm weighting each by its count, and the outputs are
+//   gathered back to every row.
+// - The user tower's first layer: x W^T over the concatenated embeddings is a sum of per-feature
+//   products e_f W_f^T; for a sparse feature with repeats (gender, age, occupation, zip, user id
+//   in a 4,096-row batch) that product is formed once per distinct id and looked up per row.
 #include <memory>
 #include <optional>
 #include <string>
@@ -21,6 +25,8 @@
 #include <vector>
 
 #include "rechub/models/match_model.hpp"
+#include "rechub/ops/index.hpp"
+#include "rechub/ops/matmul.hpp"
 #include "rechub/ops/norm.hpp"
 #include "rechub/ops/shape.hpp"
 #include "rechub/ops/unique_rows.hpp"
@@ -78,6 +84,10 @@ class TwoTower : public MatchModel {
   }
 
   Var user_tower(const Batch& batch) override {
+    if (Var z = first_layer_by_distinct_ids(batch, cfg_.user_features, user_mlp_.get()); z.defined()) {
+      Var u = user_mlp_->forward_from_first_linear(z);
+      return cfg_.normalize ? l2_normalize(u) : u;
+    }
     return finish(user_mlp_.get(), embedding_.forward(batch, cfg_.user_features, true));
   }
   Var item_tower(const Batch& batch) override {
@@ -100,9 +110,9 @@ class TwoTower : public MatchModel {
     return finish(item_mlp_.get(), x);
   }
 
-  /// Whether the item towers may run on distinct rows (see the top; on by default). Off always
-  /// takes the direct path: for comparisons, and the tests that show the two agree.
-  void use_distinct_item_rows(bool on) { distinct_item_rows_ = on; }
+  /// Whether the towers may take the distinct-id shortcuts (see the top; on by default). Off
+  /// always takes the direct path: for comparisons, and the tests that show the two agree.
+  void use_distinct_ids(bool on) { distinct_ids_ = on; }
 
   float temperature() const override { return cfg_.temperature; }
   const std::vector<Feature>& user_features() const override { return cfg_.user_features; }
@@ -136,10 +146,63 @@ class TwoTower : public MatchModel {
     return cfg_.normalize ? l2_normalize(x) : x;
   }
 
+  /// z = x W^T + b of `mlp`'s first Linear over the embedded `features` (x as
+  /// EmbeddingLayer::forward(batch, features, true) lays it out), each sparse feature with
+  /// enough repeats entering as (E[distinct ids] W_f^T)[inverse]; undefined when none repeats.
+  Var first_layer_by_distinct_ids(const Batch& batch, const std::vector<Feature>& features, const MLP* mlp) const {
+    const Linear* lin = mlp ? mlp->first_linear() : nullptr;
+    if (!distinct_ids_ || !lin || features.size() > static_cast<std::size_t>(EmbeddingLayer::kMaxFeatures))
+      return Var();
+    const std::int64_t B = batch.rows();
+    struct Distinct {
+      bool use = false;  // enough repeats to pay for the lookups
+      Tensor ids, inverse;
+    };
+    std::array<Distinct, EmbeddingLayer::kMaxFeatures> distinct;
+    bool any = false;
+    for (std::size_t i = 0; i < features.size(); ++i) {
+      if (!std::holds_alternative<SparseFeature>(features[i])) continue;
+      const Tensor* col = &batch[feature_name(features[i])];
+      if (col->dtype() != DType::i32 || col->numel() != B) return Var();  // the direct path reports
+      UniqueRows u = unique_rows(&col, 1);
+      distinct[i] = {u.unique * 4 <= B * 3, u.ids[0], u.inverse.reshape(Shape{B})};
+      any = any || distinct[i].use;
+    }
+    if (!any) return Var();
+    const Var W = lin->weight.var();
+    std::array<Var, EmbeddingLayer::kMaxFeatures> tables;
+    std::array<const Tensor*, EmbeddingLayer::kMaxFeatures> inverse{};
+    int n = 0;
+    Var base;
+    std::int64_t offset = 0;
+    // Columns of x: sparse and sequence features in order, then the dense ones (EmbeddingLayer).
+    for (bool dense_pass : {false, true})
+      for (std::size_t i = 0; i < features.size(); ++i) {
+        const Feature& f = features[i];
+        if (std::holds_alternative<DenseFeature>(f) != dense_pass) continue;
+        const bool by_id = distinct[i].use;
+        Var e = by_id ? gather_rows(embedding_.table(feature_name(f)).var(), distinct[i].ids)
+                      : embedding_.embed(batch, f);
+        if (e.ndim() == 3) e = reshape(e, Shape{e.dim(0), e.dim(1) * e.dim(2)});  // concat pooling
+        const std::int64_t w = e.dim(1);
+        if (offset + w > lin->in_features()) return Var();  // the direct path reports the mismatch
+        Var part = matmul(e, slice(W, 1, offset, offset + w), false, true);
+        offset += w;
+        if (by_id) {
+          tables[static_cast<std::size_t>(n)] = part;
+          inverse[static_cast<std::size_t>(n++)] = &distinct[i].inverse;
+        } else {
+          base = base.defined() ? add(base, part) : part;
+        }
+      }
+    if (offset != lin->in_features()) return Var();
+    return add_gathered_rows(base, lin->bias_var(), tables.data(), inverse.data(), n);
+  }
+
   /// The item tower over the distinct rows of `features` gathered back to every row ([B, D], or
   /// [B, 1, D] for negatives); undefined when that is not exact or would not pay (see the top).
   Var distinct_item_rows(const Batch& batch, const std::vector<Feature>& features, bool negatives) const {
-    if (!distinct_item_rows_ || !item_mlp_ || !item_mlp_->exact_on_distinct_rows() ||
+    if (!distinct_ids_ || !item_mlp_ || !item_mlp_->exact_on_distinct_rows() ||
         features.size() > static_cast<std::size_t>(UniqueRows::kMaxColumns))
       return Var();
     std::array<const Tensor*, UniqueRows::kMaxColumns> cols{};
@@ -168,7 +231,7 @@ class TwoTower : public MatchModel {
   TwoTowerConfig cfg_;
   EmbeddingLayer embedding_;
   std::unique_ptr<MLP> user_mlp_, item_mlp_;
-  bool distinct_item_rows_ = true;
+  bool distinct_ids_ = true;
 };
 
 }  // namespace rechub

@@ -69,24 +69,24 @@ class MLP : public Module {
                     opt_.activation, "', dropout ", opt_.dropout, ")");
     const bool flatten = opt_.batchnorm && !blocks_.empty() && s.ndim() != 2;
     Var h = flatten ? detail::view(x, {x.value().rows(), input_dim_}) : x;
-    for (auto& b : blocks_) {
-      Activation& act = *b.act;
-      if (b.bn) {
-        Var z = b.linear->forward(h);
-        h = act.fusable() ? b.bn->forward_act(z, act.kind(), act.slope(), row_weights)
-                          : act.forward(b.bn->forward(z));
-      } else {
-        h = act.fusable() ? b.linear->forward_act(h, act.kind(), act.slope()) : act.forward(b.linear->forward(h));
-      }
-      h = b.dropout->forward(h);
-    }
-    if (out_) h = out_->forward(h);
+    h = run_blocks(h, false, row_weights);
     if (flatten) {
       Shape os = s;
       os[-1] = output_dim();
       h = detail::view(h, os);
     }
     return h;
+  }
+
+  /// The first hidden layer's Linear (null without hidden layers).
+  const Linear* first_linear() const { return blocks_.empty() ? nullptr : blocks_[0].linear.get(); }
+  /// forward(x) for [N, input_dim] x, given z = x W^T + b of the first Linear instead of x: for
+  /// callers that assemble z more cheaply than the product (TwoTower's distinct-id first layer).
+  Var forward_from_first_linear(const Var& z, const Tensor& row_weights = Tensor()) {
+    RECHUB_CHECK_AS(ConfigError, !blocks_.empty(), "mlp: forward_from_first_linear needs a hidden layer");
+    RECHUB_CHECK_SHAPE(z.ndim() == 2 && z.dim(1) == opt_.dims[0], "mlp: first-layer output ", z.shape().str(),
+                       " is not [N, ", opt_.dims[0], "]");
+    return run_blocks(z, true, row_weights);
   }
 
   /// Whether forward(x, row_weights) equals the expanded batch's forward (see the top).
@@ -110,6 +110,27 @@ class MLP : public Module {
     std::unique_ptr<Activation> act;
     std::unique_ptr<Dropout> dropout;
   };
+
+  /// Every block on h, then the output layer; z_given: h is already block 0's Linear output.
+  Var run_blocks(Var h, bool z_given, const Tensor& row_weights) {
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      Block& b = blocks_[i];
+      Activation& act = *b.act;
+      const bool have_z = i == 0 && z_given;
+      if (b.bn) {
+        Var z = have_z ? h : b.linear->forward(h);
+        h = act.fusable() ? b.bn->forward_act(z, act.kind(), act.slope(), row_weights)
+                          : act.forward(b.bn->forward(z));
+      } else if (have_z) {
+        h = act.forward(h);
+      } else {
+        h = act.fusable() ? b.linear->forward_act(h, act.kind(), act.slope()) : act.forward(b.linear->forward(h));
+      }
+      h = b.dropout->forward(h);
+    }
+    if (out_) h = out_->forward(h);
+    return h;
+  }
 
   void build() {
     RECHUB_CHECK_AS(ConfigError, input_dim_ > 0, "MLP: input_dim must be positive, got ", input_dim_);

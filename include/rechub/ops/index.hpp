@@ -11,6 +11,10 @@
 //       (mean = Torch-RecHub's AveragePooling: masked sum / number of unmasked positions).
 //   select_rows(x [B, K, D], idx int32 [B])  y[b] = x[b, idx[b]] -> [B, D];       dx[b, idx[b]] += dy[b].
 //   gather_last(x [R..., M], idx int32 [R..., k])  y[r, j] = x[r, idx[r, j]];      dx[r, idx[r, j]] += dy[r, j].
+//   add_gathered_rows(base [B, C], bias [C], {T_k [V_k, C]}, {ids_k int32 [B]})
+//       y[b] = base[b] + bias + sum_k T_k[ids_k[b]]  (base, bias optional);  dbase += dy,
+//       dbias += sum_b dy[b], dT_k[ids_k[b]] += dy[b]. One pass for a sum of lookups (a layer's
+//       pre-activation assembled from per-id partial products, models/two_tower.hpp).
 //
 // Table gradients are a scatter-add. To stay deterministic without float atomics, the backward
 // splits the TABLE's rows into contiguous ranges, one per thread; every thread scans all ids in
@@ -164,6 +168,78 @@ inline Var embedding_bag(const Var& table, const Tensor& ids, BagMode mode, std:
     detail::scatter_add_rows(table.grad_acc().f32(), table.value().dim(0), D, saved, B * L, out.grad().f32(),
                              cat ? 1 : L, cat ? nullptr : sc, padding_idx);
     detail::mark_rows(table, saved, B * L, padding_idx);
+  });
+  return out;
+}
+
+/// y[b] = base[b] + bias + sum_k tables[k][ids[k][b]] (see the top); base and bias may be undefined.
+inline Var add_gathered_rows(const Var& base, const Var& bias, const Var* tables, const Tensor* const* ids, int n) {
+  RECHUB_CHECK_SHAPE(n >= 1, "add_gathered_rows: needs at least one table");
+  const std::int64_t B = ids[0]->numel(), C = tables[0].value().ndim() == 2 ? tables[0].value().dim(1) : -1;
+  bool needs = false;
+  for (int k = 0; k < n; ++k) {
+    const Tensor &T = tables[k].value(), &I = *ids[k];
+    detail::check_cpu("add_gathered_rows", T, I);
+    detail::check_table("add_gathered_rows", T);
+    detail::check_i32("add_gathered_rows", I, "ids");
+    RECHUB_CHECK_SHAPE(T.dim(1) == C && I.numel() == B, "add_gathered_rows: table ", k, " ", T.shape().str(),
+                       " with ids ", I.shape().str(), " does not match table 0 ", tables[0].shape().str(), " with ",
+                       B, " ids");
+    detail::check_ids("add_gathered_rows", I.i32(), B, T);
+    needs = needs || tables[k].requires_grad();
+  }
+  if (base.defined()) {
+    detail::check_cpu("add_gathered_rows", base.value());
+    RECHUB_CHECK_SHAPE(base.shape() == Shape({B, C}), "add_gathered_rows: base ", base.shape().str(), " is not [",
+                       B, ", ", C, "]");
+  }
+  if (bias.defined())
+    RECHUB_CHECK_SHAPE(bias.value().numel() == C, "add_gathered_rows: bias ", bias.shape().str(), " is not [", C, "]");
+  Var out = detail::make_output("add_gathered_rows", Shape{B, C}, DType::f32);
+  out.node()->requires_grad = grad_enabled() && (needs || (base.defined() && base.requires_grad()) ||
+                                                  (bias.defined() && bias.requires_grad()));
+  float* Y = out.value().f32();
+  const float* pbase = base.defined() ? base.value().f32() : nullptr;
+  const float* pbias = bias.defined() ? bias.value().f32() : nullptr;
+  parallel_for(B, (n + 2) * C, [&](std::int64_t b0, std::int64_t b1) {
+    for (std::int64_t b = b0; b < b1; ++b) {
+      float* y = Y + b * C;
+      for (std::int64_t c = 0; c < C; ++c) y[c] = (pbase ? pbase[b * C + c] : 0.0f) + (pbias ? pbias[c] : 0.0f);
+      for (int k = 0; k < n; ++k) {
+        const float* t = tables[k].value().f32() + std::int64_t(ids[k]->i32()[b]) * C;
+        for (std::int64_t c = 0; c < C; ++c) y[c] += t[c];
+      }
+    }
+  });
+  if (!out.requires_grad()) return out;
+  // The backward keeps the tables and id copies in the arena (a closure holds 160 bytes).
+  auto** ts = static_cast<Node**>(step_arena().allocate(std::size_t(n) * sizeof(Node*)));
+  auto** saved = static_cast<const std::int32_t**>(step_arena().allocate(std::size_t(n) * sizeof(std::int32_t*)));
+  for (int k = 0; k < n; ++k) {
+    ts[k] = tables[k].node();
+    saved[k] = detail::arena_copy(ids[k]->i32(), B);
+  }
+  detail::record(out, [out, base, bias, ts, saved, n, B, C] {
+    const float* dy = out.grad().f32();
+    if (base.defined() && base.requires_grad()) {
+      float* db = base.grad_acc().f32();
+      parallel_for(B * C, 1, [&](std::int64_t i0, std::int64_t i1) {
+        for (std::int64_t i = i0; i < i1; ++i) db[i] += dy[i];
+      });
+    }
+    if (bias.defined() && bias.requires_grad()) {
+      float* db = bias.grad_acc().f32();
+      parallel_for(C, B, [&](std::int64_t c0, std::int64_t c1) {
+        for (std::int64_t b = 0; b < B; ++b)
+          for (std::int64_t c = c0; c < c1; ++c) db[c] += dy[b * C + c];
+      });
+    }
+    for (int k = 0; k < n; ++k) {
+      const Var t(ts[k]);
+      if (!t.requires_grad()) continue;
+      detail::scatter_add_rows(t.grad_acc().f32(), t.value().dim(0), C, saved[k], B, dy, 1, nullptr, -1);
+      detail::mark_rows(t, saved[k], B, -1);
+    }
   });
   return out;
 }
