@@ -119,8 +119,7 @@ class MLP : public Module {
       const bool have_z = i == 0 && z_given;
       if (b.bn) {
         Var z = have_z ? h : b.linear->forward(h);
-        h = act.fusable() ? b.bn->forward_act(z, act.kind(), act.slope(), row_weights)
-                          : act.forward(b.bn->forward(z));
+        h = act.fusable() ? b.bn->forward_act(z, act.kind(), act.slope(), row_weights) : act.forward(b.bn->forward(z));
       } else if (have_z) {
         h = act.forward(h);
       } else {

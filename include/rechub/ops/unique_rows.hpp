@@ -30,8 +30,8 @@ struct UniqueRows {
 
 /// The distinct rows of `ncols` int32 columns of equal element count (see the top).
 inline UniqueRows unique_rows(const Tensor* const* cols, int ncols) {
-  RECHUB_CHECK_SHAPE(ncols >= 1 && ncols <= UniqueRows::kMaxColumns, "unique_rows: ", ncols,
-                     " columns, expected 1 to ", UniqueRows::kMaxColumns);
+  RECHUB_CHECK_SHAPE(ncols >= 1 && ncols <= UniqueRows::kMaxColumns, "unique_rows: ", ncols, " columns, expected 1 to ",
+                     UniqueRows::kMaxColumns);
   const std::int64_t n = cols[0]->numel();
   std::array<const std::int32_t*, UniqueRows::kMaxColumns> c{};
   for (int k = 0; k < ncols; ++k) {
@@ -47,7 +47,8 @@ inline UniqueRows unique_rows(const Tensor* const* cols, int ncols) {
   u.inverse = step_arena().tensor(cols[0]->shape(), DType::i32);
   std::int32_t* inv = u.inverse.i32();
   // first[j]: the first row of distinct row j (its key); slot tables hold j, -1 when empty.
-  auto* first = static_cast<std::int64_t*>(step_arena().allocate(static_cast<std::size_t>(n + 1) * sizeof(std::int64_t)));
+  auto* first =
+      static_cast<std::int64_t*>(step_arena().allocate(static_cast<std::size_t>(n + 1) * sizeof(std::int64_t)));
   auto* count = static_cast<float*>(step_arena().allocate(static_cast<std::size_t>(n + 1) * sizeof(float)));
   std::int64_t cap = 16;
   while (cap < 2 * n) cap *= 2;
