@@ -154,6 +154,7 @@ class TwoTower : public MatchModel {
     if (!distinct_ids_ || !lin || features.size() > static_cast<std::size_t>(EmbeddingLayer::kMaxFeatures))
       return Var();
     const std::int64_t B = batch.rows();
+    if (B < kMinDistinctRows) return Var();
     struct Distinct {
       bool use = false;  // enough repeats to pay for the lookups
       Tensor ids, inverse;
@@ -214,6 +215,7 @@ class TwoTower : public MatchModel {
       cols[static_cast<std::size_t>(n++)] = &c;
     }
     const std::int64_t rows = cols[0]->numel();
+    if (rows < kMinDistinctRows) return Var();
     // Too few repeats: the hashing, gather and scatter would cost more than the rows saved.
     UniqueRows u = unique_rows(cols.data(), n);
     if (u.unique * 4 > rows * 3) return Var();
@@ -227,6 +229,9 @@ class TwoTower : public MatchModel {
     // Sparse columns are [B] or [B, 1]: one item per row; negatives come out [B, 1, D] as below.
     return gather_rows(v, u.inverse.reshape(negatives ? Shape{rows, 1} : Shape{rows}));
   }
+
+  // Smaller batches (a serving request) take the direct path without looking for repeats.
+  static constexpr std::int64_t kMinDistinctRows = 64;
 
   TwoTowerConfig cfg_;
   EmbeddingLayer embedding_;
