@@ -210,8 +210,10 @@ TEST_CASE("batch_norm1d_act with row weights equals the batch with each row repe
         CHECK(rm1.f32()[c] == doctest::Approx(rm2.f32()[c]).epsilon(1e-6));
         CHECK(rv1.f32()[c] == doctest::Approx(rv2.f32()[c]).epsilon(1e-6));
       }
-      tape().backward(yu, seed_u);
+      // Newest output first: a backward runs every older node that holds a gradient, so seeding
+      // yu first would run its backward a second time from ye.
       tape().backward(ye, seed);
+      tape().backward(yu, seed_u);
       for (std::int64_t u = 0; u < U; ++u)
         for (std::int64_t c = 0; c < C; ++c) {
           float dx_sum = 0.0f;
