@@ -1,8 +1,14 @@
 // Core: tensors, views, arena, RNG, tape basics, matmul/linear gradients.
 #include <doctest/doctest.h>
 
+#include <functional>
+#include <string>
+
 #include "gradcheck.hpp"
+#include "rechub/ops/index.hpp"
 #include "rechub/ops/matmul.hpp"
+#include "rechub/ops/norm.hpp"
+#include "rechub/ops/reduce.hpp"
 
 using namespace rechub;
 
@@ -133,4 +139,64 @@ TEST_CASE("large linear matches a naive product (threaded GEMM path)") {
     }
   CHECK(maxerr < 1e-4);
   end_step();
+}
+
+// Var::grad_for_write: an op that is the first to send a gradient into an input stores it; any later
+// contribution adds. Each op below runs on h = x + 0 (an intermediate, whose gradient starts empty:
+// the store path) alone, with a second consumer of h created before it (the op stores, the other
+// adds) and after it (the other adds first, the op adds), and on x itself (a parameter: always the
+// add path). x's gradient must be the same in all of them, plus 3 where the other consumer (3 h) is.
+TEST_CASE("an op's first input gradient is stored, later ones add (grad_for_write), bit for bit") {
+  Rng rng(21);
+  const std::int64_t N = 300, C = 40, O = 24;  // large enough for the threaded GEMM and BatchNorm paths
+  const Tensor x0 = testing::random_tensor({N, C}, rng);
+  Parameter W(testing::random_tensor({O, C}, rng)), bias(testing::random_tensor({O}, rng)),
+      gamma(testing::random_tensor({C}, rng)), beta(testing::random_tensor({C}, rng)),
+      slope(Tensor::full({C}, 0.25f)), table(testing::random_tensor({7, C}, rng));
+  Tensor rm = Tensor::zeros({C}), rv = Tensor::full({C}, 1.0f);
+  Tensor ids = Tensor::empty({N}, DType::i32);
+  for (std::int64_t r = 0; r < N; ++r) ids.i32()[r] = static_cast<std::int32_t>(r % 7);
+  const Tensor* id_list[] = {&ids};
+  const std::pair<const char*, std::function<Var(const Var&)>> ops[] = {
+      {"linear", [&](const Var& h) { return linear(h, W.var(), bias.var()); }},
+      {"batch_norm1d_act", [&](const Var& h) {
+         return batch_norm1d_act(h, gamma.var(), beta.var(), rm, rv, true, 0.1f, 1e-5f, ActKind::prelu, slope.var());
+       }},
+      {"add_gathered_rows", [&](const Var& h) {
+         const Var tables[] = {table.var()};
+         return add_gathered_rows(h, Var(), tables, id_list, 1);
+       }},
+  };
+  for (const auto& [name, op] : ops) {
+    const std::string op_name = name;
+    CAPTURE(op_name);
+    // variant 0: op on x; 1: on h; 2: other consumer before the op; 3: after it.
+    auto x_grad = [&](int variant) {
+      Parameter x(x0.clone());
+      const Var h = variant == 0 ? x.var() : add_scalar(x.var(), 0.0f);
+      const Var before = variant == 2 ? scale(h, 3.0f) : Var();
+      const Var y = op(h);
+      const Var after = variant == 3 ? scale(h, 3.0f) : Var();
+      Rng r(5);
+      Parameter weights(testing::random_tensor(y.shape(), r));
+      Var loss = sum(mul(y, weights.var()));
+      if (variant >= 2) loss = add(loss, sum(variant == 2 ? before : after));
+      tape().backward(loss);
+      Tensor g = x.grad().clone();
+      end_step();
+      return g;
+    };
+    const Tensor g0 = x_grad(0), g1 = x_grad(1), g2 = x_grad(2), g3 = x_grad(3);
+    int differ[3] = {0, 0, 0};
+    for (std::int64_t i = 0; i < N * C; ++i) {
+      differ[0] += g1.f32()[i] != g0.f32()[i];
+      differ[1] += g2.f32()[i] != g0.f32()[i] + 3.0f;
+      // Adding onto 3 may fuse into one multiply-add (one rounding instead of two): within an ulp.
+      differ[2] += std::fabs(g3.f32()[i] - (g0.f32()[i] + 3.0f)) > 1e-6f * (std::fabs(g0.f32()[i]) + 3.0f);
+    }
+    CHECK(differ[0] == 0);
+    CHECK(differ[1] == 0);
+    CHECK(differ[2] == 0);
+    CHECK(std::fabs(g0.f32()[17]) > 0.0f);
+  }
 }

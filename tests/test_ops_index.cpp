@@ -153,6 +153,11 @@ TEST_CASE("table gradients are bit-identical for 1 and 2 threads") {
     end_step();
     tape().backward(gather_rows(p.var(), ids), seed_rows);
     end_step();
+    const Tensor flat_ids = ids.reshape({N});
+    const Tensor* id_list[] = {&flat_ids};
+    const Var tables[] = {p.var()};
+    tape().backward(add_gathered_rows(Var(), Var(), tables, id_list, 1), seed_rows.reshape({N, D}));
+    end_step();
     return p.grad().clone();
   };
   const int before = num_threads();

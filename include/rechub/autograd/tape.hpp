@@ -5,8 +5,10 @@
 //
 // Lifetimes: a Var made by an op lives on the tape of its thread until `end_step()`, which
 // clears the tape and the step arena together. Parameters own their node and outlive steps.
-// Gradients ALWAYS accumulate (+=): a parameter used twice (a shared embedding table, the same
-// tower on positives and negatives) receives the sum, and zero_grad() starts a new step.
+// Gradients accumulate (+=): a parameter used twice (a shared embedding table, the same tower on
+// positives and negatives) receives the sum, and zero_grad() starts a new step. A backward that
+// stores every element of a gradient may skip the zeroing when it is the first contribution
+// (Var::grad_for_write); any later one adds.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -103,6 +105,14 @@ class Var {
   /// The gradient buffer to accumulate into, allocated zeroed on first use.
   Tensor& grad_acc() const {
     if (!n_->grad.defined()) n_->grad = step_arena().zeros(n_->value.shape(), DType::f32);
+    return n_->grad;
+  }
+  /// The gradient buffer for a backward that stores EVERY element of it: when no gradient has
+  /// flowed in yet, an uninitialised buffer and `overwrite` = true (the caller stores, it does not
+  /// add: no zeroing pass, no read of zeros); otherwise grad_acc() and `overwrite` = false.
+  Tensor& grad_for_write(bool& overwrite) const {
+    overwrite = !n_->grad.defined();
+    if (overwrite) n_->grad = step_arena().tensor(n_->value.shape(), DType::f32);
     return n_->grad;
   }
   /// Records rows of this (parameter) tensor as touched, for lazy optimisers.

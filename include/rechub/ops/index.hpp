@@ -20,10 +20,12 @@
 // splits the TABLE's rows into contiguous ranges, one per thread; every thread scans all ids in
 // order and adds only those in its range. Each table row is therefore summed by one thread in
 // id order: bit-identical results for any thread count. Rows that receive gradient are marked on
-// the table (Var::mark_row) for lazy Adam.
+// the table (Var::mark_row) for lazy Adam. add_gathered_rows, whose rows are a layer wide, splits
+// the columns instead (each element is still summed in row order by one thread).
 // Ids are validated in the forward: an id outside [0, V) throws DataError naming the op, the id,
 // its position and the table shape. Ids are copied to the step arena, so the caller's id tensor
 // need not outlive the step.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -220,26 +222,38 @@ inline Var add_gathered_rows(const Var& base, const Var& bias, const Var* tables
     saved[k] = detail::arena_copy(ids[k]->i32(), B);
   }
   detail::record(out, [out, base, bias, ts, saved, n, B, C] {
+    // One pass over dy for base, bias and every table: threads own column ranges, so each
+    // gradient element is summed in row order by one thread (deterministic for any thread count)
+    // and dy is read once instead of once per table.
     const float* dy = out.grad().f32();
-    if (base.defined() && base.requires_grad()) {
-      float* db = base.grad_acc().f32();
-      parallel_for(B * C, 1, [&](std::int64_t i0, std::int64_t i1) {
-        for (std::int64_t i = i0; i < i1; ++i) db[i] += dy[i];
-      });
-    }
-    if (bias.defined() && bias.requires_grad()) {
-      float* db = bias.grad_acc().f32();
-      parallel_for(C, B, [&](std::int64_t c0, std::int64_t c1) {
-        for (std::int64_t b = 0; b < B; ++b)
-          for (std::int64_t c = c0; c < c1; ++c) db[c] += dy[b * C + c];
-      });
-    }
+    bool store = false;
+    float* dbase = base.defined() && base.requires_grad() ? base.grad_for_write(store).f32() : nullptr;
+    float* dbias = bias.defined() && bias.requires_grad() ? bias.grad_acc().f32() : nullptr;
+    auto** dt = static_cast<float**>(step_arena().allocate(std::size_t(n) * sizeof(float*)));
     for (int k = 0; k < n; ++k) {
       const Var t(ts[k]);
-      if (!t.requires_grad()) continue;
-      detail::scatter_add_rows(t.grad_acc().f32(), t.value().dim(0), C, saved[k], B, dy, 1, nullptr, -1);
-      detail::mark_rows(t, saved[k], B, -1);
+      dt[k] = t.requires_grad() ? t.grad_acc().f32() : nullptr;
+      if (dt[k]) detail::mark_rows(t, saved[k], B, -1);
     }
+    parallel_for(C, B * (n + 2), [&](std::int64_t c0, std::int64_t c1) {
+      const std::int64_t w = c1 - c0;
+      for (std::int64_t b = 0; b < B; ++b) {
+        const float* __restrict g = dy + b * C + c0;
+        if (dbase) {
+          float* __restrict d = dbase + b * C + c0;
+          if (store) std::copy(g, g + w, d);
+          else
+            for (std::int64_t c = 0; c < w; ++c) d[c] += g[c];
+        }
+        if (dbias)
+          for (std::int64_t c = 0; c < w; ++c) dbias[c0 + c] += g[c];
+        for (int k = 0; k < n; ++k) {
+          if (!dt[k]) continue;
+          float* __restrict d = dt[k] + std::int64_t(saved[k][b]) * C + c0;
+          for (std::int64_t c = 0; c < w; ++c) d[c] += g[c];
+        }
+      }
+    });
   });
   return out;
 }

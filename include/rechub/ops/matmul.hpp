@@ -96,18 +96,19 @@ inline Var linear(const Var& x, const Var& weight, const Var& bias = Var()) {
   Var out = bias.defined() ? detail::make_output("linear", ys, DType::f32, x, weight, bias)
                            : detail::make_output("linear", ys, DType::f32, x, weight);
   float* Y = out.value().f32();
-  if (bias.defined()) {
-    const float* pb = bias.value().f32();
-    for (std::int64_t r = 0; r < rows; ++r) std::copy(pb, pb + outd, Y + r * outd);
-    detail::gemm(false, true, rows, outd, in, 1.0f, X.f32(), in, W.f32(), in, 1.0f, Y, outd);
-  } else {
+  if (bias.defined())
+    detail::gemm_bias(false, true, rows, outd, in, 1.0f, X.f32(), in, W.f32(), in, bias.value().f32(), Y, outd);
+  else
     detail::gemm(false, true, rows, outd, in, 1.0f, X.f32(), in, W.f32(), in, 0.0f, Y, outd);
-  }
   detail::record(out, [x, weight, bias, out, rows, in, outd] {
     const float* dY = out.grad().f32();
-    if (x.requires_grad())
-      detail::gemm(false, false, rows, in, outd, 1.0f, dY, outd, weight.value().f32(), in, 1.0f, x.grad_acc().f32(),
+    if (x.requires_grad()) {
+      // A fresh dx is zeroed inside the threaded product (beta 0), not by one thread beforehand.
+      bool store = false;
+      float* dx = x.grad_for_write(store).f32();
+      detail::gemm(false, false, rows, in, outd, 1.0f, dY, outd, weight.value().f32(), in, store ? 0.0f : 1.0f, dx,
                    in);
+    }
     if (weight.requires_grad())
       detail::gemm(true, false, outd, in, rows, 1.0f, dY, outd, x.value().f32(), in, 1.0f,
                    weight.grad_acc().f32(), in);

@@ -31,6 +31,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #ifdef __AVX__
 #include <immintrin.h>
 #endif
@@ -187,7 +188,8 @@ inline void bn_act_backward_sums(const float* __restrict x, const float* __restr
 
 /// dx += A (gz - mean(gz) - xh mean(gz xh)) in training; dx += A gz in eval (constant stats).
 /// With row weights the centring term of row r scales by rw[r] and n = sum rw (see the top).
-template <ActKind K>
+/// kStore: dx holds no gradient yet, store instead of adding (Var::grad_for_write).
+template <ActKind K, bool kStore>
 inline void bn_act_backward_dx(const float* __restrict x, const float* __restrict y, const float* __restrict g,
                                float* __restrict dx, std::int64_t N, std::int64_t C, std::int64_t w,
                                const float* __restrict I, const float* __restrict M, const float* __restrict A,
@@ -200,7 +202,9 @@ inline void bn_act_backward_dx(const float* __restrict x, const float* __restric
       const std::int64_t i = r * C + c;
       const float xh = x[i] * I[c] + M[c], z = x[i] * A[c] + B[c];
       const float gz = act_grad<K>(g[i], z, y[i], S[c]);
-      dx[i] += A[c] * (gz - (s_g[c] + xh * s_gx[c]) * scale);
+      const float d = A[c] * (gz - (s_g[c] + xh * s_gx[c]) * scale);
+      if constexpr (kStore) dx[i] = d;
+      else dx[i] += d;
     }
   }
 }
@@ -297,7 +301,8 @@ inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Ten
   detail::record(out, [x, gamma, beta, sl, out, N, C, na, cols, training, act, saved_rw, n] {
     const float *g = out.grad().f32(), *y = out.value().f32(), *px = x.value().f32();
     const float *I = cols, *M = cols + C, *A = cols + 2 * C, *B = cols + 3 * C, *S = cols + 4 * C;
-    float* dx = x.requires_grad() ? x.grad_acc().f32() : nullptr;
+    bool store = false;
+    float* dx = x.requires_grad() ? x.grad_for_write(store).f32() : nullptr;
     // Per column: sum gz, sum gz xh, and prelu's sum g z over z <= 0.
     float* sums = step_arena().tensor({3, C}).f32();
     float *s_g = sums, *s_gx = sums + C, *s_a = sums + 2 * C;
@@ -307,9 +312,14 @@ inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Ten
         const std::int64_t w = c1 - c0;
         detail::bn_act_backward_sums<K>(px + c0, y + c0, g + c0, N, C, w, I + c0, M + c0, A + c0, B + c0, S + c0,
                                         s_g + c0, s_gx + c0, s_a + c0);
-        if (dx)
-          detail::bn_act_backward_dx<K>(px + c0, y + c0, g + c0, dx + c0, N, C, w, I + c0, M + c0, A + c0, B + c0,
-                                        S + c0, s_g + c0, s_gx + c0, training, saved_rw, n);
+        if (!dx) return;
+        auto dx_pass = [&](auto store_tag) {
+          detail::bn_act_backward_dx<K, decltype(store_tag)::value>(px + c0, y + c0, g + c0, dx + c0, N, C, w, I + c0,
+                                                                    M + c0, A + c0, B + c0, S + c0, s_g + c0,
+                                                                    s_gx + c0, training, saved_rw, n);
+        };
+        if (store) dx_pass(std::true_type());
+        else dx_pass(std::false_type());
       });
     });
     if (detail::needs_grad(gamma)) {
