@@ -141,8 +141,8 @@ TEST_CASE("large linear matches a naive product (threaded GEMM path)") {
   end_step();
 }
 
-// Var::grad_for_write: an op that is the first to send a gradient into an input stores it; any later
-// contribution adds. Each op below runs on h = x + 0 (an intermediate, whose gradient starts empty:
+// Var::grad_for_write / share_grad_if_first: an op that is the first to send a gradient into an input
+// stores it (or hands its own output's gradient on); any later contribution adds. Each op below runs on h = x + 0 (an intermediate, whose gradient starts empty:
 // the store path) alone, with a second consumer of h created before it (the op stores, the other
 // adds) and after it (the other adds first, the op adds), and on x itself (a parameter: always the
 // add path). x's gradient must be the same in all of them, plus 3 where the other consumer (3 h) is.

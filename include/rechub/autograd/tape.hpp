@@ -8,7 +8,8 @@
 // Gradients accumulate (+=): a parameter used twice (a shared embedding table, the same tower on
 // positives and negatives) receives the sum, and zero_grad() starts a new step. A backward that
 // stores every element of a gradient may skip the zeroing when it is the first contribution
-// (Var::grad_for_write); any later one adds.
+// (Var::grad_for_write), and an identity backward may hand its output's gradient buffer on
+// (Var::share_grad_if_first); any later contribution adds.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -114,6 +115,15 @@ class Var {
     overwrite = !n_->grad.defined();
     if (overwrite) n_->grad = step_arena().tensor(n_->value.shape(), DType::f32);
     return n_->grad;
+  }
+  /// For an identity backward (dx += dy): when no gradient has flowed in yet, takes `g` itself as
+  /// the gradient, no copy, and returns true; otherwise returns false and the caller adds. Later
+  /// contributions then add into g's buffer: only safe when g is the gradient of an op output
+  /// whose backward has run (nothing reads it again within the step).
+  bool share_grad_if_first(const Tensor& g) const {
+    if (n_->grad.defined()) return false;
+    n_->grad = g;
+    return true;
   }
   /// Records rows of this (parameter) tensor as touched, for lazy optimisers.
   void mark_row(std::int32_t r) const {

@@ -25,7 +25,6 @@
 // Ids are validated in the forward: an id outside [0, V) throws DataError naming the op, the id,
 // its position and the table shape. Ids are copied to the step arena, so the caller's id tensor
 // need not outlive the step.
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -226,8 +225,10 @@ inline Var add_gathered_rows(const Var& base, const Var& bias, const Var* tables
     // gradient element is summed in row order by one thread (deterministic for any thread count)
     // and dy is read once instead of once per table.
     const float* dy = out.grad().f32();
-    bool store = false;
-    float* dbase = base.defined() && base.requires_grad() ? base.grad_for_write(store).f32() : nullptr;
+    // base's gradient is dy itself when nothing else has sent one yet (this backward has run).
+    float* dbase = base.defined() && base.requires_grad() && !base.share_grad_if_first(out.grad())
+                       ? base.grad_acc().f32()
+                       : nullptr;
     float* dbias = bias.defined() && bias.requires_grad() ? bias.grad_acc().f32() : nullptr;
     auto** dt = static_cast<float**>(step_arena().allocate(std::size_t(n) * sizeof(float*)));
     for (int k = 0; k < n; ++k) {
@@ -241,9 +242,7 @@ inline Var add_gathered_rows(const Var& base, const Var& bias, const Var* tables
         const float* __restrict g = dy + b * C + c0;
         if (dbase) {
           float* __restrict d = dbase + b * C + c0;
-          if (store) std::copy(g, g + w, d);
-          else
-            for (std::int64_t c = 0; c < w; ++c) d[c] += g[c];
+          for (std::int64_t c = 0; c < w; ++c) d[c] += g[c];
         }
         if (dbias)
           for (std::int64_t c = 0; c < w; ++c) dbias[c0 + c] += g[c];
