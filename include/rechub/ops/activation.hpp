@@ -379,10 +379,8 @@ inline Var linear_act(const Var& x, const Var& weight, const Var& bias, ActKind 
   float* S = use_slope ? step_arena().tensor({outd}).f32() : nullptr;
   if (use_slope)
     for (std::int64_t j = 0; j < outd; ++j) S[j] = sl.value().f32()[na == 1 ? 0 : j];
-  if (bias.defined())
-    detail::gemm_bias(false, true, rows, outd, in, 1.0f, X.f32(), in, W.f32(), in, bias.value().f32(), Y, outd);
-  else
-    detail::gemm(false, true, rows, outd, in, 1.0f, X.f32(), in, W.f32(), in, 0.0f, Y, outd);
+  detail::gemm_bias(false, true, rows, outd, in, 1.0f, X.f32(), in, W.f32(), in,
+                    bias.defined() ? bias.value().f32() : nullptr, Y, outd);
   detail::dispatch_act(act, [&](auto kind) {
     constexpr ActKind K = decltype(kind)::value;
     if constexpr (K != ActKind::none)

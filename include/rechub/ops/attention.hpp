@@ -628,10 +628,8 @@ inline Var in_projection(const Var& x, const Var& weight, const Var& bias, std::
                            : detail::make_output("in_projection", ys, DType::f32, x, weight);
   float* Y = out.value().f32();
   const float* Wb = W.f32() + begin * in;
-  if (bias.defined())
-    detail::gemm_bias(false, true, rows, n, in, 1.0f, X.f32(), in, Wb, in, bias.value().f32() + begin, Y, n);
-  else
-    detail::gemm(false, true, rows, n, in, 1.0f, X.f32(), in, Wb, in, 0.0f, Y, n);
+  detail::gemm_bias(false, true, rows, n, in, 1.0f, X.f32(), in, Wb, in,
+                    bias.defined() ? bias.value().f32() + begin : nullptr, Y, n);
   detail::record(out, [x, weight, bias, out, rows, in, n, begin] {
     const float* dY = out.grad().f32();
     if (x.requires_grad())

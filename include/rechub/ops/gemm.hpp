@@ -146,9 +146,9 @@ inline void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std
   gemm_threaded(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr);
 }
 
-/// C [M, N] = bias [N] (on every row) + alpha op(A) op(B). The fill runs inside each thread's chunk
-/// just before its product: one thread filling a [4096, 256] output beforehand cost about as much
-/// as a BatchNorm pass while the other thread waited.
+/// C [M, N] = bias [N] (on every row) + alpha op(A) op(B); a null bias gives C = alpha op(A) op(B).
+/// The fill runs inside each thread's chunk just before its product: one thread filling a
+/// [4096, 256] output beforehand cost about as much as a BatchNorm pass while the other waited.
 inline void gemm_bias(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, float alpha,
                       const float* A, std::int64_t lda, const float* B, std::int64_t ldb, const float* bias, float* C,
                       std::int64_t ldc) {

@@ -96,10 +96,8 @@ inline Var linear(const Var& x, const Var& weight, const Var& bias = Var()) {
   Var out = bias.defined() ? detail::make_output("linear", ys, DType::f32, x, weight, bias)
                            : detail::make_output("linear", ys, DType::f32, x, weight);
   float* Y = out.value().f32();
-  if (bias.defined())
-    detail::gemm_bias(false, true, rows, outd, in, 1.0f, X.f32(), in, W.f32(), in, bias.value().f32(), Y, outd);
-  else
-    detail::gemm(false, true, rows, outd, in, 1.0f, X.f32(), in, W.f32(), in, 0.0f, Y, outd);
+  detail::gemm_bias(false, true, rows, outd, in, 1.0f, X.f32(), in, W.f32(), in,
+                    bias.defined() ? bias.value().f32() : nullptr, Y, outd);
   detail::record(out, [x, weight, bias, out, rows, in, outd] {
     const float* dY = out.grad().f32();
     if (x.requires_grad()) {
