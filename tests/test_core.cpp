@@ -13,6 +13,7 @@
 #include "rechub/ops/matmul.hpp"
 #include "rechub/ops/norm.hpp"
 #include "rechub/ops/reduce.hpp"
+#include "rechub/ops/score.hpp"
 
 using namespace rechub;
 
@@ -212,7 +213,8 @@ TEST_CASE("an op's first input gradient is stored, later ones add (grad_for_writ
   const Tensor x0 = testing::random_tensor({N, C}, rng);
   Parameter W(testing::random_tensor({O, C}, rng)), bias(testing::random_tensor({O}, rng)),
       gamma(testing::random_tensor({C}, rng)), beta(testing::random_tensor({C}, rng)),
-      slope(Tensor::full({C}, 0.25f)), table(testing::random_tensor({7, C}, rng));
+      slope(Tensor::full({C}, 0.25f)), table(testing::random_tensor({7, C}, rng)),
+      table_rows(testing::random_tensor({N, C}, rng));
   Tensor rm = Tensor::zeros({C}), rv = Tensor::full({C}, 1.0f);
   Tensor ids = Tensor::empty({N}, DType::i32);
   for (std::int64_t r = 0; r < N; ++r) ids.i32()[r] = static_cast<std::int32_t>(r % 7);
@@ -226,6 +228,8 @@ TEST_CASE("an op's first input gradient is stored, later ones add (grad_for_writ
          const Var tables[] = {table.var()};
          return add_gathered_rows(h, Var(), tables, id_list, 1);
        }},
+      {"l2_normalize", [&](const Var& h) { return l2_normalize(h); }},
+      {"row_dot", [&](const Var& h) { return row_dot(h, l2_normalize(table_rows.var()), 0.5f); }},
   };
   for (const auto& [name, op] : ops) {
     const std::string op_name = name;

@@ -18,6 +18,14 @@ inline int num_threads() {
   return 1;
 #endif
 }
+/// Whether the caller runs inside a parallel region (where parallel_for runs inline).
+inline bool in_parallel() {
+#ifdef _OPENMP
+  return omp_in_parallel() != 0;
+#else
+  return false;
+#endif
+}
 inline void set_num_threads(int n) {
 #ifdef _OPENMP
   if (n > 0) omp_set_num_threads(n);

@@ -111,9 +111,12 @@ inline Var linear(const Var& x, const Var& weight, const Var& bias = Var()) {
       detail::gemm(true, false, outd, in, rows, 1.0f, dY, outd, x.value().f32(), in, 1.0f,
                    weight.grad_acc().f32(), in);
     if (bias.defined() && bias.requires_grad()) {
+      // Columns split over threads, each summed over all rows in order: the same for any thread count.
       float* db = bias.grad_acc().f32();
-      for (std::int64_t r = 0; r < rows; ++r)
-        for (std::int64_t j = 0; j < outd; ++j) db[j] += dY[r * outd + j];
+      parallel_for(outd, rows, [&](std::int64_t j0, std::int64_t j1) {
+        for (std::int64_t r = 0; r < rows; ++r)
+          for (std::int64_t j = j0; j < j1; ++j) db[j] += dY[r * outd + j];
+      });
     }
   });
   return out;

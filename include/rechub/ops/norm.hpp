@@ -374,7 +374,8 @@ inline Var l2_normalize(const Var& x, float eps = 1e-12f) {
     });
   }
   detail::record(out, [x, out, rows, D, eps, denom] {
-    float* dx = x.grad_acc().f32();
+    bool store = false;  // a first gradient is stored (Var::grad_for_write)
+    float* dx = x.grad_for_write(store).f32();
     const float *g = out.grad().f32(), *y = out.value().f32();
     parallel_for(rows, 4 * D, [&](std::int64_t b, std::int64_t e) {
       for (std::int64_t r = b; r < e; ++r) {
@@ -385,7 +386,10 @@ inline Var l2_normalize(const Var& x, float eps = 1e-12f) {
         float dot = 0.0f;
         if (denom[r] > eps)
           for (std::int64_t k = 0; k < D; ++k) dot += gr[k] * yr[k];
-        for (std::int64_t k = 0; k < D; ++k) dxr[k] += (gr[k] - yr[k] * dot) * inv;
+        if (store)
+          for (std::int64_t k = 0; k < D; ++k) dxr[k] = (gr[k] - yr[k] * dot) * inv;
+        else
+          for (std::int64_t k = 0; k < D; ++k) dxr[k] += (gr[k] - yr[k] * dot) * inv;
       }
     });
   });

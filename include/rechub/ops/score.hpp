@@ -32,14 +32,29 @@ inline Var row_dot(const Var& u, const Var& v, float scale = 1.0f) {
   detail::record(out, [u, v, out, B, D, scale] {
     const float* ds = out.grad().f32();
     const float *pu = u.value().f32(), *pv = v.value().f32();
-    float* du = u.requires_grad() ? u.grad_acc().f32() : nullptr;
-    float* dv = v.requires_grad() ? v.grad_acc().f32() : nullptr;
+    // A first gradient is stored, not added to zeros filled on one thread (Var::grad_for_write).
+    // u and v may be one Var: then dv's pass sees du's stored values and adds.
+    bool store_u = false, store_v = false;
+    float* du = u.requires_grad() ? u.grad_for_write(store_u).f32() : nullptr;
+    float* dv = v.requires_grad() ? v.grad_for_write(store_v).f32() : nullptr;
     parallel_for(B, 2 * D, [&](std::int64_t b0, std::int64_t b1) {
       for (std::int64_t b = b0; b < b1; ++b) {
         const float g = scale * ds[b];
-        for (std::int64_t d = 0; d < D; ++d) {
-          if (du) du[b * D + d] += g * pv[b * D + d];
-          if (dv) dv[b * D + d] += g * pu[b * D + d];
+        if (du) {
+          float* d = du + b * D;
+          const float* o = pv + b * D;
+          if (store_u)
+            for (std::int64_t k = 0; k < D; ++k) d[k] = g * o[k];
+          else
+            for (std::int64_t k = 0; k < D; ++k) d[k] += g * o[k];
+        }
+        if (dv) {
+          float* d = dv + b * D;
+          const float* o = pu + b * D;
+          if (store_v)
+            for (std::int64_t k = 0; k < D; ++k) d[k] = g * o[k];
+          else
+            for (std::int64_t k = 0; k < D; ++k) d[k] += g * o[k];
         }
       }
     });
