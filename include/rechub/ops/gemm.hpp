@@ -9,9 +9,10 @@
 // per-thread, grow-only pack buffers: through the expression API, Eigen mallocs its packed panels
 // on every call once they exceed 128 KB (a training step of a DSSM at batch 512 did ~20 mallocs),
 // and a product issued outside our parallel regions could start Eigen's own OpenMP team. Same
-// kernel and blocking sizes as Eigen's serial path, so the same results bit for bit. Tall
-// products with a weight-sized op(B) (a linear layer's forward and input gradient) go through
-// eigen_gemm_tiled instead: same kernel and results, C initialised and filled tile by tile in cache.
+// kernel and blocking sizes as Eigen's serial path, so the same results bit for bit.
+// Tall products with a weight-sized op(B) (a linear layer's forward and input gradient) take a
+// faster road: on AVX2 + FMA our own kernel (ops/gemm_avx2.hpp) with A read in place; elsewhere
+// eigen_gemm_tiled (Eigen's kernel, C initialised and filled tile by tile in cache).
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstdint>
@@ -20,6 +21,7 @@
 #include <new>
 
 #include "rechub/core/parallel.hpp"
+#include "rechub/ops/gemm_avx2.hpp"
 
 namespace rechub::detail {
 
@@ -27,8 +29,6 @@ using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMa
 using MapC = Eigen::Map<RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
 using MapCC = Eigen::Map<const RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
 
-#if EIGEN_VERSION_AT_LEAST(3, 3, 90)
-#define RECHUB_DIRECT_EIGEN_GEMM 1
 /// The calling thread's packed-panel buffer `which` (0: lhs, 1: rhs) of at least n floats.
 inline float* gemm_pack_buffer(int which, std::size_t n) {
   struct Buffers {
@@ -49,6 +49,8 @@ inline float* gemm_pack_buffer(int which, std::size_t n) {
   return b.p[which];
 }
 
+#if EIGEN_VERSION_AT_LEAST(3, 3, 90)
+#define RECHUB_DIRECT_EIGEN_GEMM 1
 /// Eigen's serial blocking for a row-major C [M, N] += op(A) op(B), on the pack buffers above.
 class GemmBlocking : public Eigen::internal::level3_blocking<float, float> {
  public:
@@ -161,12 +163,20 @@ inline void gemm_block(bool trans_a, bool trans_b, std::int64_t M, std::int64_t 
                        const float* A, std::int64_t lda, const float* B, std::int64_t ldb, float beta, float* C,
                        std::int64_t ldc, const float* bias) {
   if (M == 0 || N == 0) return;
+  auto init = [&](std::int64_t r0, std::int64_t r1) { gemm_init_rows(C, ldc, N, r0, r1, beta, bias); };
+#ifdef RECHUB_AVX2_GEMM
+  if (!trans_a && avx2::gemm_rows_fit(M, N, K)) {
+    float* packed = gemm_pack_buffer(0, static_cast<std::size_t>(N * K));
+    avx2::pack_panels(trans_b, B, ldb, K, N, packed);
+    avx2::gemm_rows(M, N, K, alpha, A, lda, packed, C, ldc, init);
+    return;
+  }
+#endif
 #ifdef RECHUB_DIRECT_EIGEN_GEMM
   // Where Eigen itself would take its blocked GEMM (not a GEMV, not a tiny coefficient loop).
   if (K > 0 && M > 1 && N > 1 && M + N + K >= EIGEN_GEMM_TO_COEFFBASED_THRESHOLD) {
     constexpr int R = Eigen::RowMajor, Cm = Eigen::ColMajor;
     if (gemm_tiles_pay(M, N, K)) {
-      auto init = [&](std::int64_t r0, std::int64_t r1) { gemm_init_rows(C, ldc, N, r0, r1, beta, bias); };
       if (!trans_a && !trans_b) eigen_gemm_tiled<R, R>(M, N, K, alpha, A, lda, B, ldb, C, ldc, init);
       else if (trans_a && !trans_b) eigen_gemm_tiled<Cm, R>(M, N, K, alpha, A, lda, B, ldb, C, ldc, init);
       else if (!trans_a && trans_b) eigen_gemm_tiled<R, Cm>(M, N, K, alpha, A, lda, B, ldb, C, ldc, init);
