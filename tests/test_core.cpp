@@ -146,8 +146,8 @@ TEST_CASE("large linear matches a naive product (threaded GEMM path)") {
   end_step();
 }
 
-// The row-tiled products (linear forward and input gradient): the AVX2 kernel where compiled in,
-// Eigen's kernel in tiles elsewhere. Each must give the right product for every transpose, beta,
+// The row-tiled products (linear forward and input gradient) and the transposed-A ones (its weight
+// gradient): the AVX2 kernels where compiled in, Eigen's kernel (in tiles) elsewhere. Each must give the right product for every transpose, beta,
 // bias, rows past the last full 6-row block and tile, an 8-column last panel, and a depth of
 // several of Eigen's K blocks; the Eigen tiles must also equal Eigen's own driver bit for bit.
 TEST_CASE("tiled GEMM paths equal a double reference; Eigen's tiles equal Eigen's driver bit for bit") {
@@ -155,8 +155,8 @@ TEST_CASE("tiled GEMM paths equal a double reference; Eigen's tiles equal Eigen'
   struct Shape3 {
     std::int64_t M, N, K;
   };
-  for (Shape3 s : {Shape3{1003, 128, 96}, Shape3{517, 256, 512}, Shape3{601, 40, 37}, Shape3{89, 24, 300},
-                   Shape3{64, 32, 1000}}) {
+  for (Shape3 s : {Shape3{1003, 128, 96}, Shape3{517, 256, 512}, Shape3{601, 40, 37}, Shape3{131, 24, 300},
+                   Shape3{134, 32, 1000}}) {
     for (int ta = 0; ta < 2; ++ta)
       for (int tb = 0; tb < 2; ++tb) {
         CAPTURE(s.M);
@@ -219,7 +219,12 @@ TEST_CASE("tiled GEMM paths equal a double reference; Eigen's tiles equal Eigen'
   // The shapes above that the AVX2 kernel takes (an 8-column last panel among them).
   CHECK(detail::avx2::gemm_rows_fit(1003, 128, 96));
   CHECK(detail::avx2::gemm_rows_fit(601, 40, 37));
-  CHECK(detail::avx2::gemm_rows_fit(89, 24, 300));
+  CHECK(detail::avx2::gemm_rows_fit(131, 24, 300));
+  // ... and the transposed-A (weight gradient) kernel: several K blocks, a ragged last one, rows
+  // past the last 6-row micro-panel.
+  CHECK(detail::avx2::gemm_trans_a_fit(131, 24, 300));
+  CHECK(detail::avx2::gemm_trans_a_fit(134, 32, 1000));
+  CHECK(detail::avx2::gemm_trans_a_fit(1003, 128, 96));
 #endif
 }
 

@@ -171,6 +171,11 @@ inline void gemm_block(bool trans_a, bool trans_b, std::int64_t M, std::int64_t 
     avx2::gemm_rows(M, N, K, alpha, A, lda, packed, C, ldc, init);
     return;
   }
+  if (trans_a && avx2::gemm_trans_a_fit(M, N, K)) {
+    float* packed = gemm_pack_buffer(0, static_cast<std::size_t>(avx2::kDepthBlock * (N + M + 6)));
+    avx2::gemm_trans_a(trans_b, M, N, K, alpha, A, lda, B, ldb, packed, C, ldc, init);
+    return;
+  }
 #endif
 #ifdef RECHUB_DIRECT_EIGEN_GEMM
   // Where Eigen itself would take its blocked GEMM (not a GEMV, not a tiny coefficient loop).

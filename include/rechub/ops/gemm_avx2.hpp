@@ -12,9 +12,9 @@
 // 30-45% faster than Eigen's kernel (benchmarks/bench_ops "linear" lines), which packs A first
 // and keeps a 24 x 4 block.
 //
-// The weight gradient dZ^T X (A stored transposed, depth = the batch) stays on Eigen: the same
-// kernel reading 6 neighbouring floats of dZ per k (one cache line each, from L2) ran a DSSM
-// epoch 6% slower than Eigen's packed path; it would need A packed first.
+// The weight gradient dZ^T X (A stored transposed, depth = the batch) runs the same kernel over
+// blocks of 256 k with both operands packed (gemm_trans_a): reading 6 neighbouring floats of dZ
+// in place per k (a cache line each, from L2) made a DSSM epoch 6% slower than Eigen.
 //
 // Each element of C is its own sum over k in order (one FMA chain from zero), added to C once:
 // the result does not depend on tiles, threads or where the row falls in a 6-row block.
@@ -52,22 +52,24 @@ inline void pack_panels(bool trans_b, const float* B, std::int64_t ldb, std::int
   }
 }
 
-/// C[R rows, W cols] += alpha A[R rows, K] P[K, W]; A row-major with stride lda, P a packed panel.
+/// C[R rows, W cols] += alpha A[R rows, K] P[K, W], P a packed panel. A is row-major with stride
+/// lda (A[r, k] at r * lda + k), or with kPackedA a micro-panel of 6 rows (A[r, k] at k * 6 + r).
 /// Named accumulators: an array of __m256 made GCC store them all to the stack on every k.
-template <int R, int W>
+template <int R, int W, bool kPackedA = false>
 inline void kernel(std::int64_t K, float alpha, const float* A, std::int64_t lda, const float* P, float* C,
                    std::int64_t ldc) {
   static_assert(R >= 1 && R <= 6 && (W == 8 || W == 16), "kernel: 1-6 rows of 8 or 16 columns");
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
          c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * lda, *a3 = A + 3 * lda, *a4 = A + 4 * lda, *a5 = A + 5 * lda;
+  const std::int64_t rs = kPackedA ? 1 : lda;
+  const float *a0 = A, *a1 = A + rs, *a2 = A + 2 * rs, *a3 = A + 3 * rs, *a4 = A + 4 * rs, *a5 = A + 5 * rs;
   for (std::int64_t k = 0; k < K; ++k) {
     const float* p = P + k * W;
     const __m256 b0 = _mm256_loadu_ps(p);
     const __m256 b1 = W == 16 ? _mm256_loadu_ps(p + 8) : b0;
     // One row: broadcast its A[r, k], multiply-add into its two accumulators.
     auto row = [&](const float* ar, __m256& x0, __m256& x1) {
-      const __m256 a = _mm256_broadcast_ss(ar + k);
+      const __m256 a = _mm256_broadcast_ss(ar + (kPackedA ? 6 * k : k));
       x0 = _mm256_fmadd_ps(a, b0, x0);
       if (W == 16) x1 = _mm256_fmadd_ps(a, b1, x1);
     };
@@ -90,6 +92,21 @@ inline void kernel(std::int64_t K, float alpha, const float* A, std::int64_t lda
   if (R > 3) store(3, c30, c31);
   if (R > 4) store(4, c40, c41);
   if (R > 5) store(5, c50, c51);
+}
+
+/// C[R rows, W cols] += alpha op(A) P with op(A)'s R rows packed as a micro-panel (see kernel).
+template <int W>
+inline void packed_rows(std::int64_t R, std::int64_t K, float alpha, const float* Ap, const float* P, float* C,
+                        std::int64_t ldc) {
+  switch (R) {
+    case 6: kernel<6, W, true>(K, alpha, Ap, 0, P, C, ldc); break;
+    case 5: kernel<5, W, true>(K, alpha, Ap, 0, P, C, ldc); break;
+    case 4: kernel<4, W, true>(K, alpha, Ap, 0, P, C, ldc); break;
+    case 3: kernel<3, W, true>(K, alpha, Ap, 0, P, C, ldc); break;
+    case 2: kernel<2, W, true>(K, alpha, Ap, 0, P, C, ldc); break;
+    case 1: kernel<1, W, true>(K, alpha, Ap, 0, P, C, ldc); break;
+    default: break;
+  }
 }
 
 /// Rows [r0, r1) of C (their initialisation done) += alpha A op(B), for one panel of width W.
@@ -124,6 +141,52 @@ inline void gemm_rows(std::int64_t M, std::int64_t N, std::int64_t K, float alph
       const float* P = packed + n0 * K;
       if (N - n0 >= 16) panel_rows<16>(t0, t1, K, alpha, A, lda, P, C + n0, ldc);
       else panel_rows<8>(t0, t1, K, alpha, A, lda, P, C + n0, ldc);
+    }
+  }
+}
+
+/// Whether gemm_trans_a below takes the product: whole 8-column panels, a depth worth blocking,
+/// and at least 128 rows of C to share the packing of op(B) (each thread packs all of it): with
+/// 64 rows per thread ([4096, 128] x [4096, 64] on 2 threads) Eigen was 10-30% faster.
+inline bool gemm_trans_a_fit(std::int64_t M, std::int64_t N, std::int64_t K) {
+  return N % 8 == 0 && M >= 128 && K >= 64 && M * N <= (std::int64_t(1) << 18);
+}
+
+/// Depth of a block of gemm_trans_a: a panel of op(B) (256 x 16) and a micro-panel of op(A)
+/// (256 x 6) stay in L1 while the kernel runs.
+constexpr std::int64_t kDepthBlock = 256;
+
+/// C [M, N] = init + alpha A^T op(B), A stored [K, M] with stride lda, K long: the weight gradient
+/// dZ^T X of a linear layer (K = its batch rows). Per block of kDepthBlock k: op(B)'s rows are
+/// packed into panels and A's into micro-panels of 6 rows (k-major, so the kernel reads both
+/// sequentially), then every 6 x 16 block of C adds one FMA chain over the block, blocks in order.
+/// `packed` holds kDepthBlock * (N + M + 6) floats.
+template <class Init>
+inline void gemm_trans_a(bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, float alpha, const float* A,
+                         std::int64_t lda, const float* B, std::int64_t ldb, float* packed, float* C,
+                         std::int64_t ldc, Init&& init) {
+  init(0, M);
+  float* pb = packed;
+  float* pa = packed + kDepthBlock * N;
+  for (std::int64_t k0 = 0; k0 < K; k0 += kDepthBlock) {
+    const std::int64_t kb = std::min(kDepthBlock, K - k0);
+    pack_panels(trans_b, trans_b ? B + k0 : B + k0 * ldb, ldb, kb, N, pb);
+    // Micro-panel of rows [r0, r0 + 6): element (r, k) at r0 * kb + k * 6 + (r - r0); missing rows 0.
+    for (std::int64_t r0 = 0; r0 < M; r0 += 6) {
+      const std::int64_t rows = std::min<std::int64_t>(6, M - r0);
+      float* o = pa + r0 * kb;
+      for (std::int64_t k = 0; k < kb; ++k) {
+        const float* src = A + (k0 + k) * lda + r0;
+        for (std::int64_t i = 0; i < 6; ++i) o[k * 6 + i] = i < rows ? src[i] : 0.0f;
+      }
+    }
+    for (std::int64_t n0 = 0; n0 < N; n0 += 16) {
+      const float* P = pb + n0 * kb;
+      for (std::int64_t r0 = 0; r0 < M; r0 += 6) {
+        const std::int64_t rows = std::min<std::int64_t>(6, M - r0);
+        if (N - n0 >= 16) packed_rows<16>(rows, kb, alpha, pa + r0 * kb, P, C + r0 * ldc + n0, ldc);
+        else packed_rows<8>(rows, kb, alpha, pa + r0 * kb, P, C + r0 * ldc + n0, ldc);
+      }
     }
   }
 }
