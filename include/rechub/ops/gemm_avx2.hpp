@@ -8,16 +8,17 @@
 // just before the kernel adds into it, so it is still in cache. The kernel takes 6 rows of A as
 // they lie in memory (no packing: a row's K floats are contiguous) and one panel, and keeps the
 // 6 x 16 block of C in 12 registers for the whole K loop: per k, 2 loads of the panel, 6
-// broadcasts of A and 12 FMAs. On this machine's Zen 2 cores it ran the DSSM tower products
-// 30-45% faster than Eigen's kernel (benchmarks/bench_ops "linear" lines), which packs A first
-// and keeps a 24 x 4 block.
+// broadcasts of A and 12 FMAs. On this machine's Zen 2 cores, timed alone on one thread, it ran
+// the DSSM tower's forward shapes 30-45% faster than Eigen's kernel (which packs A first and keeps
+// a 24 x 4 block); bench_ops' linear fwd+bwd at batch 4096 went from ~104 to ~128 GFLOP/s.
 //
 // The weight gradient dZ^T X (A stored transposed, depth = the batch) runs the same kernel over
 // blocks of 256 k with both operands packed (gemm_trans_a): reading 6 neighbouring floats of dZ
 // in place per k (a cache line each, from L2) made a DSSM epoch 6% slower than Eigen.
 //
-// Each element of C is its own sum over k in order (one FMA chain from zero), added to C once:
-// the result does not depend on tiles, threads or where the row falls in a 6-row block.
+// Each element of C is its own sum over k in order (one FMA chain from zero, per 256-deep block for
+// the weight gradient), added to C: the result does not depend on tiles, threads or where the row
+// falls in a 6-row block.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -94,17 +95,17 @@ inline void kernel(std::int64_t K, float alpha, const float* A, std::int64_t lda
   if (R > 5) store(5, c50, c51);
 }
 
-/// C[R rows, W cols] += alpha op(A) P with op(A)'s R rows packed as a micro-panel (see kernel).
-template <int W>
-inline void packed_rows(std::int64_t R, std::int64_t K, float alpha, const float* Ap, const float* P, float* C,
-                        std::int64_t ldc) {
+/// kernel<R, W, kPackedA> for a row count R known only at run time (1-6: tails and micro-panels).
+template <int W, bool kPackedA>
+inline void kernel_rows(std::int64_t R, std::int64_t K, float alpha, const float* A, std::int64_t lda,
+                        const float* P, float* C, std::int64_t ldc) {
   switch (R) {
-    case 6: kernel<6, W, true>(K, alpha, Ap, 0, P, C, ldc); break;
-    case 5: kernel<5, W, true>(K, alpha, Ap, 0, P, C, ldc); break;
-    case 4: kernel<4, W, true>(K, alpha, Ap, 0, P, C, ldc); break;
-    case 3: kernel<3, W, true>(K, alpha, Ap, 0, P, C, ldc); break;
-    case 2: kernel<2, W, true>(K, alpha, Ap, 0, P, C, ldc); break;
-    case 1: kernel<1, W, true>(K, alpha, Ap, 0, P, C, ldc); break;
+    case 6: kernel<6, W, kPackedA>(K, alpha, A, lda, P, C, ldc); break;
+    case 5: kernel<5, W, kPackedA>(K, alpha, A, lda, P, C, ldc); break;
+    case 4: kernel<4, W, kPackedA>(K, alpha, A, lda, P, C, ldc); break;
+    case 3: kernel<3, W, kPackedA>(K, alpha, A, lda, P, C, ldc); break;
+    case 2: kernel<2, W, kPackedA>(K, alpha, A, lda, P, C, ldc); break;
+    case 1: kernel<1, W, kPackedA>(K, alpha, A, lda, P, C, ldc); break;
     default: break;
   }
 }
@@ -115,16 +116,7 @@ inline void panel_rows(std::int64_t r0, std::int64_t r1, std::int64_t K, float a
                        std::int64_t lda, const float* P, float* C, std::int64_t ldc) {
   std::int64_t r = r0;
   for (; r + 6 <= r1; r += 6) kernel<6, W>(K, alpha, A + r * lda, lda, P, C + r * ldc, ldc);
-  const float* a = A + r * lda;
-  float* c = C + r * ldc;
-  switch (r1 - r) {
-    case 5: kernel<5, W>(K, alpha, a, lda, P, c, ldc); break;
-    case 4: kernel<4, W>(K, alpha, a, lda, P, c, ldc); break;
-    case 3: kernel<3, W>(K, alpha, a, lda, P, c, ldc); break;
-    case 2: kernel<2, W>(K, alpha, a, lda, P, c, ldc); break;
-    case 1: kernel<1, W>(K, alpha, a, lda, P, c, ldc); break;
-    default: break;
-  }
+  kernel_rows<W, false>(r1 - r, K, alpha, A + r * lda, lda, P, C + r * ldc, ldc);
 }
 
 /// C [M, N] = init + alpha A op(B) (see the top); `packed` holds pack_panels(op(B)), N * K floats;
@@ -184,8 +176,8 @@ inline void gemm_trans_a(bool trans_b, std::int64_t M, std::int64_t N, std::int6
       const float* P = pb + n0 * kb;
       for (std::int64_t r0 = 0; r0 < M; r0 += 6) {
         const std::int64_t rows = std::min<std::int64_t>(6, M - r0);
-        if (N - n0 >= 16) packed_rows<16>(rows, kb, alpha, pa + r0 * kb, P, C + r0 * ldc + n0, ldc);
-        else packed_rows<8>(rows, kb, alpha, pa + r0 * kb, P, C + r0 * ldc + n0, ldc);
+        if (N - n0 >= 16) kernel_rows<16, true>(rows, kb, alpha, pa + r0 * kb, 0, P, C + r0 * ldc + n0, ldc);
+        else kernel_rows<8, true>(rows, kb, alpha, pa + r0 * kb, 0, P, C + r0 * ldc + n0, ldc);
       }
     }
   }

@@ -40,22 +40,15 @@ inline Var row_dot(const Var& u, const Var& v, float scale = 1.0f) {
     parallel_for(B, 2 * D, [&](std::int64_t b0, std::int64_t b1) {
       for (std::int64_t b = b0; b < b1; ++b) {
         const float g = scale * ds[b];
-        if (du) {
-          float* d = du + b * D;
-          const float* o = pv + b * D;
-          if (store_u)
+        // d = g o (store) or d += g o, for one operand's row.
+        auto send = [&](float* d, const float* o, bool store) {
+          if (store)
             for (std::int64_t k = 0; k < D; ++k) d[k] = g * o[k];
           else
             for (std::int64_t k = 0; k < D; ++k) d[k] += g * o[k];
-        }
-        if (dv) {
-          float* d = dv + b * D;
-          const float* o = pu + b * D;
-          if (store_v)
-            for (std::int64_t k = 0; k < D; ++k) d[k] = g * o[k];
-          else
-            for (std::int64_t k = 0; k < D; ++k) d[k] += g * o[k];
-        }
+        };
+        if (du) send(du + b * D, pv + b * D, store_u);
+        if (dv) send(dv + b * D, pu + b * D, store_v);
       }
     });
   });
