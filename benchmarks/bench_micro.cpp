@@ -2,6 +2,7 @@
 //
 //   gemm             detail::gemm, square n^3                         (GFLOP/s counter)
 //   linear_fwd_bwd   linear on the tape + backward, batch x d x d      (GFLOP/s over 3 GEMMs)
+//   linear_layer     the same, batch x in -> out: FaceBookDSSM's tower layers
 //   embedding_bag    mean pooling, L = 50, V = 4000, forward / fwd+bwd (rows/s counter)
 //   bn_prelu         batch_norm1d_act(prelu) forward + backward, training mode
 //   l2_normalize     forward, rows x 64
@@ -77,6 +78,31 @@ void BM_linear_fwd_bwd(benchmark::State& st) {
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_linear_fwd_bwd)->Args({256, 64})->Args({256, 256})->Args({4096, 64})->Args({4096, 256})
+    ->Unit(benchmark::kMicrosecond);
+
+// A tower's layers as they train: batch x in -> out, the input gradient included (an inner layer).
+// The shapes are FaceBookDSSM's on Torch-RecHub's ML-100K samples: the user tower at batch 2048
+// (its first layer's history part is 16 wide) and an item tower over ~840 distinct items.
+void BM_linear_layer(benchmark::State& st) {
+  const std::int64_t batch = st.range(0), in = st.range(1), out = st.range(2);
+  Parameter x(random_tensor({batch, in}, 3)), w(random_tensor({out, in}, 4, -0.1f, 0.1f)), b(random_tensor({out}, 5));
+  Tensor seed = random_tensor({batch, out}, 6);
+  for (auto _ : st) {
+    Var y = linear(x, w, b);
+    tape().backward(y, seed);
+    end_step();
+    st.PauseTiming();
+    x.zero_grad();
+    w.zero_grad();
+    b.zero_grad();
+    st.ResumeTiming();
+  }
+  st.counters["GFLOP/s"] = benchmark::Counter(6.0 * double(batch) * double(in) * double(out) * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_linear_layer)->ArgNames({"rows", "in", "out"})
+    ->Args({2048, 16, 256})->Args({2048, 256, 128})->Args({2048, 128, 64})->Args({2048, 64, 32})
+    ->Args({840, 32, 256})->Args({840, 256, 128})->Args({840, 128, 64})->Args({840, 64, 32})
     ->Unit(benchmark::kMicrosecond);
 
 void BM_embedding_bag(benchmark::State& st) {

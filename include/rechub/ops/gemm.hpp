@@ -165,15 +165,20 @@ inline void gemm_block(bool trans_a, bool trans_b, std::int64_t M, std::int64_t 
   if (M == 0 || N == 0) return;
   auto init = [&](std::int64_t r0, std::int64_t r1) { gemm_init_rows(C, ldc, N, r0, r1, beta, bias); };
 #ifdef RECHUB_AVX2_GEMM
-  if (!trans_a && avx2::gemm_rows_fit(M, N, K)) {
-    float* packed = gemm_pack_buffer(0, static_cast<std::size_t>(N * K));
-    avx2::pack_panels(trans_b, B, ldb, K, N, packed);
-    avx2::gemm_rows(M, N, K, alpha, A, lda, packed, C, ldc, init);
-    return;
-  }
-  if (trans_a && avx2::gemm_trans_a_fit(M, N, K)) {
-    float* packed = gemm_pack_buffer(0, static_cast<std::size_t>(avx2::kDepthBlock * (N + M + 6)));
-    avx2::gemm_trans_a(trans_b, M, N, K, alpha, A, lda, B, ldb, packed, C, ldc, init);
+  const bool rows_fit = !trans_a && avx2::gemm_rows_fit(M, N, K);
+  if (rows_fit || (trans_a && avx2::gemm_trans_a_fit(M, N, K))) {
+    // The kernel sets a fresh C itself (bias or zeros); any other beta scales C first, then adds.
+    const bool fresh = bias || beta == 0.0f;
+    if (!fresh) gemm_init_rows(C, ldc, N, 0, M, beta, nullptr);
+    const avx2::Store st{fresh, bias};
+    if (rows_fit) {
+      float* packed = gemm_pack_buffer(0, static_cast<std::size_t>(N * K));
+      avx2::pack_panels(trans_b, B, ldb, K, N, packed);
+      avx2::gemm_rows(M, N, K, alpha, A, lda, packed, C, ldc, st);
+    } else {
+      float* packed = gemm_pack_buffer(0, static_cast<std::size_t>(avx2::kDepthBlock * (N + M + 6)));
+      avx2::gemm_trans_a(trans_b, M, N, K, alpha, A, lda, B, ldb, packed, C, ldc, st);
+    }
     return;
   }
 #endif

@@ -1,12 +1,12 @@
 #pragma once
-// An AVX2 + FMA GEMM for the shape that dominates training: a tall row-major C [M, N] = init +
+// An AVX2 + FMA GEMM for the shape that dominates training: a tall row-major C [M, N] (+)=
 // alpha A op(B), A row-major [M, K] (a batch of activations or output gradients) and op(B) a
 // layer's weight (N * K small, N a multiple of 8).
 //
 // op(B) is packed once into panels of 16 columns (K rows of 16 floats; a last panel of 8 when
-// N % 16 == 8). C is computed in tiles of rows; each tile is initialised (bias, zeros or beta C)
-// just before the kernel adds into it, so it is still in cache. The kernel takes 6 rows of A as
-// they lie in memory (no packing: a row's K floats are contiguous) and one panel, and keeps the
+// N % 16 == 8). C is computed in tiles of rows; a fresh C (bias or zeros) is written by the kernel
+// itself, never filled first (Store). The kernel takes 6 rows of A as they lie in memory (no
+// packing: a row's K floats are contiguous) and one panel, and keeps the
 // 6 x 16 block of C in 12 registers for the whole K loop: per k, 2 loads of the panel, 6
 // broadcasts of A and 12 FMAs. On this machine's Zen 2 cores, timed alone on one thread, it ran
 // the DSSM tower's forward shapes 30-45% faster than Eigen's kernel (which packs A first and keeps
@@ -17,8 +17,8 @@
 // in place per k (a cache line each, from L2) made a DSSM epoch 6% slower than Eigen.
 //
 // Each element of C is its own sum over k in order (one FMA chain from zero, per 256-deep block for
-// the weight gradient), added to C: the result does not depend on tiles, threads or where the row
-// falls in a 6-row block.
+// the weight gradient), added to C (to the bias or 0 when C is fresh): the result does not depend
+// on tiles, threads or where the row falls in a 6-row block.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -53,12 +53,21 @@ inline void pack_panels(bool trans_b, const float* B, std::int64_t ldb, std::int
   }
 }
 
-/// C[R rows, W cols] += alpha A[R rows, K] P[K, W], P a packed panel. A is row-major with stride
-/// lda (A[r, k] at r * lda + k), or with kPackedA a micro-panel of 6 rows (A[r, k] at k * 6 + r).
-/// Named accumulators: an array of __m256 made GCC store them all to the stack on every k.
+/// How the kernel writes its block of C: add into it, or set it (to the bias row when one is given,
+/// else to the product alone), so a fresh C is never zeroed or filled with the bias beforehand
+/// (that memset / copy was 4-5% of a FaceBookDSSM epoch on one thread). Both give alpha * acc + c
+/// with one rounding, c the old value, the bias or 0: the same floats as filling then adding.
+struct Store {
+  bool overwrite = false;
+  const float* bias = nullptr;  // with overwrite: this block's columns of the bias, or null for 0
+};
+
+/// C[R rows, W cols] (+)= alpha A[R rows, K] P[K, W], P a packed panel (see Store). A is row-major
+/// with stride lda (A[r, k] at r * lda + k), or with kPackedA a micro-panel of 6 rows (A[r, k] at
+/// k * 6 + r). Named accumulators: an array of __m256 made GCC store them all to the stack on every k.
 template <int R, int W, bool kPackedA = false>
 inline void kernel(std::int64_t K, float alpha, const float* A, std::int64_t lda, const float* P, float* C,
-                   std::int64_t ldc) {
+                   std::int64_t ldc, Store st) {
   static_assert(R >= 1 && R <= 6 && (W == 8 || W == 16), "kernel: 1-6 rows of 8 or 16 columns");
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
          c40 = c00, c41 = c00, c50 = c00, c51 = c00;
@@ -82,10 +91,12 @@ inline void kernel(std::int64_t K, float alpha, const float* A, std::int64_t lda
     if (R > 5) row(a5, c50, c51);
   }
   const __m256 al = _mm256_set1_ps(alpha);
+  const __m256 set0 = st.bias ? _mm256_loadu_ps(st.bias) : _mm256_setzero_ps();
+  const __m256 set1 = W == 16 && st.bias ? _mm256_loadu_ps(st.bias + 8) : _mm256_setzero_ps();
   auto store = [&](int r, __m256 x0, __m256 x1) {
     float* c = C + r * ldc;
-    _mm256_storeu_ps(c, _mm256_fmadd_ps(al, x0, _mm256_loadu_ps(c)));
-    if (W == 16) _mm256_storeu_ps(c + 8, _mm256_fmadd_ps(al, x1, _mm256_loadu_ps(c + 8)));
+    _mm256_storeu_ps(c, _mm256_fmadd_ps(al, x0, st.overwrite ? set0 : _mm256_loadu_ps(c)));
+    if (W == 16) _mm256_storeu_ps(c + 8, _mm256_fmadd_ps(al, x1, st.overwrite ? set1 : _mm256_loadu_ps(c + 8)));
   };
   store(0, c00, c01);
   if (R > 1) store(1, c10, c11);
@@ -98,41 +109,45 @@ inline void kernel(std::int64_t K, float alpha, const float* A, std::int64_t lda
 /// kernel<R, W, kPackedA> for a row count R known only at run time (1-6: tails and micro-panels).
 template <int W, bool kPackedA>
 inline void kernel_rows(std::int64_t R, std::int64_t K, float alpha, const float* A, std::int64_t lda,
-                        const float* P, float* C, std::int64_t ldc) {
+                        const float* P, float* C, std::int64_t ldc, Store st) {
   switch (R) {
-    case 6: kernel<6, W, kPackedA>(K, alpha, A, lda, P, C, ldc); break;
-    case 5: kernel<5, W, kPackedA>(K, alpha, A, lda, P, C, ldc); break;
-    case 4: kernel<4, W, kPackedA>(K, alpha, A, lda, P, C, ldc); break;
-    case 3: kernel<3, W, kPackedA>(K, alpha, A, lda, P, C, ldc); break;
-    case 2: kernel<2, W, kPackedA>(K, alpha, A, lda, P, C, ldc); break;
-    case 1: kernel<1, W, kPackedA>(K, alpha, A, lda, P, C, ldc); break;
+    case 6: kernel<6, W, kPackedA>(K, alpha, A, lda, P, C, ldc, st); break;
+    case 5: kernel<5, W, kPackedA>(K, alpha, A, lda, P, C, ldc, st); break;
+    case 4: kernel<4, W, kPackedA>(K, alpha, A, lda, P, C, ldc, st); break;
+    case 3: kernel<3, W, kPackedA>(K, alpha, A, lda, P, C, ldc, st); break;
+    case 2: kernel<2, W, kPackedA>(K, alpha, A, lda, P, C, ldc, st); break;
+    case 1: kernel<1, W, kPackedA>(K, alpha, A, lda, P, C, ldc, st); break;
     default: break;
   }
 }
 
-/// Rows [r0, r1) of C (their initialisation done) += alpha A op(B), for one panel of width W.
+/// Rows [r0, r1) of C (+)= alpha A op(B), for one panel of width W.
 template <int W>
 inline void panel_rows(std::int64_t r0, std::int64_t r1, std::int64_t K, float alpha, const float* A,
-                       std::int64_t lda, const float* P, float* C, std::int64_t ldc) {
+                       std::int64_t lda, const float* P, float* C, std::int64_t ldc, Store st) {
   std::int64_t r = r0;
-  for (; r + 6 <= r1; r += 6) kernel<6, W>(K, alpha, A + r * lda, lda, P, C + r * ldc, ldc);
-  kernel_rows<W, false>(r1 - r, K, alpha, A + r * lda, lda, P, C + r * ldc, ldc);
+  for (; r + 6 <= r1; r += 6) kernel<6, W>(K, alpha, A + r * lda, lda, P, C + r * ldc, ldc, st);
+  kernel_rows<W, false>(r1 - r, K, alpha, A + r * lda, lda, P, C + r * ldc, ldc, st);
 }
 
-/// C [M, N] = init + alpha A op(B) (see the top); `packed` holds pack_panels(op(B)), N * K floats;
-/// init(r0, r1) prepares C's rows [r0, r1) before they are added into.
-template <class Init>
+/// This panel's view of a whole-row Store: the bias from column n0 on.
+inline Store panel_store(Store st, std::int64_t n0) {
+  if (st.bias) st.bias += n0;
+  return st;
+}
+
+/// C [M, N] (+)= alpha A op(B) (see the top and Store); `packed` holds pack_panels(op(B)), N * K
+/// floats. C is written tile by tile (96 rows: the tile of A, 96 x K, stays in L2 while each panel
+/// streams over it from L1).
 inline void gemm_rows(std::int64_t M, std::int64_t N, std::int64_t K, float alpha, const float* A, std::int64_t lda,
-                      const float* packed, float* C, std::int64_t ldc, Init&& init) {
-  // 96 rows: the tile of A (96 x K) stays in L2 while each panel streams over it from L1.
+                      const float* packed, float* C, std::int64_t ldc, Store st) {
   constexpr std::int64_t kTile = 96;
   for (std::int64_t t0 = 0; t0 < M; t0 += kTile) {
     const std::int64_t t1 = std::min(M, t0 + kTile);
-    init(t0, t1);
     for (std::int64_t n0 = 0; n0 < N; n0 += 16) {
       const float* P = packed + n0 * K;
-      if (N - n0 >= 16) panel_rows<16>(t0, t1, K, alpha, A, lda, P, C + n0, ldc);
-      else panel_rows<8>(t0, t1, K, alpha, A, lda, P, C + n0, ldc);
+      if (N - n0 >= 16) panel_rows<16>(t0, t1, K, alpha, A, lda, P, C + n0, ldc, panel_store(st, n0));
+      else panel_rows<8>(t0, t1, K, alpha, A, lda, P, C + n0, ldc, panel_store(st, n0));
     }
   }
 }
@@ -148,16 +163,15 @@ inline bool gemm_trans_a_fit(std::int64_t M, std::int64_t N, std::int64_t K) {
 /// (256 x 6) stay in L1 while the kernel runs.
 constexpr std::int64_t kDepthBlock = 256;
 
-/// C [M, N] = init + alpha A^T op(B), A stored [K, M] with stride lda, K long: the weight gradient
+/// C [M, N] (+)= alpha A^T op(B) (see Store), A stored [K, M] with stride lda, K long: the weight gradient
 /// dZ^T X of a linear layer (K = its batch rows). Per block of kDepthBlock k: op(B)'s rows are
 /// packed into panels and A's into micro-panels of 6 rows (k-major, so the kernel reads both
 /// sequentially), then every 6 x 16 block of C adds one FMA chain over the block, blocks in order.
-/// `packed` holds kDepthBlock * (N + M + 6) floats.
-template <class Init>
+/// The first block writes C as `st` says, later blocks add. `packed` holds kDepthBlock * (N + M + 6)
+/// floats.
 inline void gemm_trans_a(bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, float alpha, const float* A,
                          std::int64_t lda, const float* B, std::int64_t ldb, float* packed, float* C,
-                         std::int64_t ldc, Init&& init) {
-  init(0, M);
+                         std::int64_t ldc, Store st) {
   float* pb = packed;
   float* pa = packed + kDepthBlock * N;
   for (std::int64_t k0 = 0; k0 < K; k0 += kDepthBlock) {
@@ -172,12 +186,14 @@ inline void gemm_trans_a(bool trans_b, std::int64_t M, std::int64_t N, std::int6
         for (std::int64_t i = 0; i < 6; ++i) o[k * 6 + i] = i < rows ? src[i] : 0.0f;
       }
     }
+    const Store block_st = k0 == 0 ? st : Store{};
     for (std::int64_t n0 = 0; n0 < N; n0 += 16) {
       const float* P = pb + n0 * kb;
+      const Store ps = panel_store(block_st, n0);
       for (std::int64_t r0 = 0; r0 < M; r0 += 6) {
         const std::int64_t rows = std::min<std::int64_t>(6, M - r0);
-        if (N - n0 >= 16) kernel_rows<16, true>(rows, kb, alpha, pa + r0 * kb, 0, P, C + r0 * ldc + n0, ldc);
-        else kernel_rows<8, true>(rows, kb, alpha, pa + r0 * kb, 0, P, C + r0 * ldc + n0, ldc);
+        if (N - n0 >= 16) kernel_rows<16, true>(rows, kb, alpha, pa + r0 * kb, 0, P, C + r0 * ldc + n0, ldc, ps);
+        else kernel_rows<8, true>(rows, kb, alpha, pa + r0 * kb, 0, P, C + r0 * ldc + n0, ldc, ps);
       }
     }
   }
