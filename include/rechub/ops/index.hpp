@@ -62,23 +62,27 @@ inline void check_ids(const char* op, const std::int32_t* ids, std::int64_t n, c
     if (ids[i] < 0 || ids[i] >= V)
       throw_error<DataError>(op, ": id ", ids[i], " at position ", i, " is out of range for table ", T.shape().str());
 }
-/// dT[ids[i]] += scale_i * dy_i for i in [0, n) (skipping ids == skip); dy_i = dy + (i / rows_per_grad) * D.
+/// dT[ids[i]] += scale_i * dy_i for i in [0, n) (skipping ids == skip); dy_i = dy + (i / ids_per_grad) * D.
 /// Deterministic scatter: threads own contiguous ranges of table rows (see the header comment), so
 /// every row adds its contributions in the order of i whatever the split. The split balances the
 /// ids each thread takes, estimated from every 16th id: label-encoded tables put popular ids in
 /// low rows, and an even split of the rows left one thread with 2.5x the other's work.
 inline void scatter_add_rows(float* dT, std::int64_t V, std::int64_t D, const std::int32_t* ids, std::int64_t n,
                              const float* dy, std::int64_t ids_per_grad, const float* scale, std::int32_t skip) {
+  // Ids in groups sharing one gradient row: no division per id (a 64-bit divide per id was most
+  // of an embedding bag's backward).
   auto rows = [&](std::int64_t r0, std::int64_t r1) {
-    for (std::int64_t i = 0; i < n; ++i) {
-      const std::int32_t id = ids[i];
-      if (id < r0 || id >= r1 || id == skip) continue;
-      const std::int64_t g = i / ids_per_grad;
+    for (std::int64_t g = 0, i0 = 0; i0 < n; ++g, i0 += ids_per_grad) {
       const float sc = scale ? scale[g] : 1.0f;
       if (sc == 0.0f) continue;
-      float* t = dT + id * D;
       const float* gy = dy + g * D;
-      for (std::int64_t j = 0; j < D; ++j) t[j] += sc * gy[j];
+      const std::int64_t i1 = std::min(n, i0 + ids_per_grad);
+      for (std::int64_t i = i0; i < i1; ++i) {
+        const std::int32_t id = ids[i];
+        if (id < r0 || id >= r1 || id == skip) continue;
+        float* t = dT + id * D;
+        for (std::int64_t j = 0; j < D; ++j) t[j] += sc * gy[j];
+      }
     }
   };
   const std::int64_t nt = num_threads();
