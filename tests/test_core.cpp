@@ -228,6 +228,43 @@ TEST_CASE("tiled GEMM paths equal a double reference; Eigen's tiles equal Eigen'
 #endif
 }
 
+#ifdef RECHUB_AVX2_GEMM
+// A weight gradient on several threads shares out its depth blocks (gemm_trans_a_split) and adds
+// their partial sums in block order: the same floats as one thread's gemm_trans_a, for fresh C,
+// a bias, beta 1 (accumulating) and beta 0.5; both for an even and an odd count of 256-deep
+// blocks (1000 = 4 blocks of 250; 700 rounds 3 blocks up to 4 of 175).
+TEST_CASE("the weight gradient split over threads by depth equals one thread's, bit for bit") {
+  Rng rng(23);
+  struct Shape3 {
+    std::int64_t M, N, K;
+  };
+  const int threads = num_threads();
+  for (Shape3 s : {Shape3{134, 32, 1000}, Shape3{256, 128, 700}, Shape3{517, 256, 512}}) {
+    CAPTURE(s.M);
+    CAPTURE(s.K);
+    REQUIRE(detail::avx2::split_depth_fit(s.M, s.N, s.K, 1.0f));
+    REQUIRE(detail::avx2::gemm_trans_a_fit(s.M, s.N, s.K));  // one thread takes gemm_trans_a
+    const Tensor a = testing::random_tensor({s.K * s.M}, rng), b = testing::random_tensor({s.K * s.N}, rng);
+    const Tensor c0 = testing::random_tensor({s.M * s.N}, rng), bias = testing::random_tensor({s.N}, rng);
+    for (int tb = 0; tb < 2; ++tb)
+      for (int init = 0; init < 4; ++init) {  // fresh, bias, beta 1, beta 0.5
+        CAPTURE(tb);
+        CAPTURE(init);
+        const float beta = init == 2 ? 1.0f : init == 3 ? 0.5f : 0.0f;
+        const float* pb = init == 1 ? bias.f32() : nullptr;
+        const std::int64_t ldb = tb ? s.K : s.N;
+        std::vector<float> one(c0.f32(), c0.f32() + s.M * s.N), two = one;
+        set_num_threads(1);
+        detail::gemm_threaded(true, tb, s.M, s.N, s.K, 1.0f, a.f32(), s.M, b.f32(), ldb, beta, one.data(), s.N, pb);
+        set_num_threads(2);
+        detail::gemm_threaded(true, tb, s.M, s.N, s.K, 1.0f, a.f32(), s.M, b.f32(), ldb, beta, two.data(), s.N, pb);
+        CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
+      }
+  }
+  set_num_threads(threads);
+}
+#endif
+
 // Var::grad_for_write / share_grad_if_first: an op that is the first to send a gradient into an input
 // stores it (or hands its own output's gradient on); any later contribution adds. Each op below runs on h = x + 0 (an intermediate, whose gradient starts empty:
 // the store path) alone, with a second consumer of h created before it (the op stores, the other

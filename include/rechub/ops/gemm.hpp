@@ -29,14 +29,14 @@ using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMa
 using MapC = Eigen::Map<RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
 using MapCC = Eigen::Map<const RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
 
-/// The calling thread's packed-panel buffer `which` (0: lhs, 1: rhs) of at least n floats.
+/// The calling thread's buffer `which` of at least n floats: 0 and 1 the packed lhs and rhs, 2 the
+/// per-block partial products of gemm_trans_a_split.
 inline float* gemm_pack_buffer(int which, std::size_t n) {
   struct Buffers {
-    float* p[2] = {nullptr, nullptr};
-    std::size_t cap[2] = {0, 0};
+    float* p[3] = {nullptr, nullptr, nullptr};
+    std::size_t cap[3] = {0, 0, 0};
     ~Buffers() {
-      std::free(p[0]);
-      std::free(p[1]);
+      for (float* q : p) std::free(q);
     }
   };
   thread_local Buffers b;
@@ -227,6 +227,49 @@ inline void gemm_block(bool trans_a, bool trans_b, std::int64_t M, std::int64_t 
   }
 }
 
+#ifdef RECHUB_AVX2_GEMM
+/// C [M, N] = (bias on every row, or beta C) + A^T op(B) on all threads, for a weight gradient
+/// (A stored [K, M], K = the batch; avx2::split_depth_fit). Splitting C's M rows gave each thread
+/// too few (64 or 32 for a 128- or 64-wide layer on 2 threads) for the packing of all of op(B) to
+/// pay, and Eigen took those. Here the threads share the depth blocks instead: each packs only
+/// its blocks' rows of A and op(B) and writes every block's exact partial sum to its own buffer;
+/// the partials are then added into C in block order, which is gemm_trans_a's order and rounding
+/// (its FMA with alpha 1 adds the exact block sum): the same floats on any number of threads.
+inline void gemm_trans_a_split(bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, const float* A,
+                               std::int64_t lda, const float* B, std::int64_t ldb, float beta, float* C,
+                               std::int64_t ldc, const float* bias) {
+  const std::int64_t nb = avx2::depth_blocks(K), depth = avx2::depth_block(K), MN = M * N;
+  float* part = gemm_pack_buffer(2, static_cast<std::size_t>(nb * MN));
+  parallel_for(nb, 2 * depth * MN, [&](std::int64_t b0, std::int64_t b1) {
+    float* packed = gemm_pack_buffer(0, static_cast<std::size_t>(avx2::kDepthBlock * (N + M + 6)));
+    for (std::int64_t b = b0; b < b1; ++b) {
+      const std::int64_t k0 = b * depth, kb = std::min(depth, K - k0);
+      avx2::gemm_trans_a(trans_b, M, N, kb, 1.0f, A + k0 * lda, lda, trans_b ? B + k0 : B + k0 * ldb, ldb, packed,
+                         part + b * MN, N, avx2::Store{true, nullptr});
+    }
+  });
+  parallel_for(M, nb * N, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r) {
+      float* __restrict c = C + r * ldc;
+      const float* __restrict p0 = part + r * N;
+      if (bias) {
+        for (std::int64_t j = 0; j < N; ++j) c[j] = bias[j] + p0[j];
+      } else if (beta == 0.0f) {
+        std::memcpy(c, p0, static_cast<std::size_t>(N) * sizeof(float));
+      } else {
+        if (beta != 1.0f)
+          for (std::int64_t j = 0; j < N; ++j) c[j] *= beta;
+        for (std::int64_t j = 0; j < N; ++j) c[j] += p0[j];
+      }
+      for (std::int64_t b = 1; b < nb; ++b) {
+        const float* __restrict p = part + b * MN + r * N;
+        for (std::int64_t j = 0; j < N; ++j) c[j] += p[j];
+      }
+    }
+  });
+}
+#endif
+
 inline void gemm_serial(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, float alpha,
                         const float* A, std::int64_t lda, const float* B, std::int64_t ldb, float beta, float* C,
                         std::int64_t ldc) {
@@ -248,6 +291,12 @@ inline void gemm_threaded(bool trans_a, bool trans_b, std::int64_t M, std::int64
     block(M, N, A, B, 0, 0);
     return;
   }
+#ifdef RECHUB_AVX2_GEMM
+  if (trans_a && avx2::split_depth_fit(M, N, K, alpha)) {
+    gemm_trans_a_split(trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, bias);
+    return;
+  }
+#endif
   if (M >= 8 * nt) {
     // Split rows of C: rows of op(A) are rows of A, or columns of A when transposed.
     parallel_for(M, N * K + 1 + kParallelMinWork,

@@ -13,10 +13,11 @@
 // a 24 x 4 block); bench_ops' linear fwd+bwd at batch 4096 went from ~104 to ~128 GFLOP/s.
 //
 // The weight gradient dZ^T X (A stored transposed, depth = the batch) runs the same kernel over
-// blocks of 256 k with both operands packed (gemm_trans_a): reading 6 neighbouring floats of dZ
-// in place per k (a cache line each, from L2) made a DSSM epoch 6% slower than Eigen.
+// blocks of up to 256 k with both operands packed (gemm_trans_a): reading 6 neighbouring floats of
+// dZ in place per k (a cache line each, from L2) made a DSSM epoch 6% slower than Eigen. On several
+// threads the depth blocks are shared out (gemm_trans_a_split in ops/gemm.hpp).
 //
-// Each element of C is its own sum over k in order (one FMA chain from zero, per 256-deep block for
+// Each element of C is its own sum over k in order (one FMA chain from zero, per depth block for
 // the weight gradient), added to C (to the bias or 0 when C is fresh): the result does not depend
 // on tiles, threads or where the row falls in a 6-row block.
 #include <algorithm>
@@ -159,23 +160,44 @@ inline bool gemm_trans_a_fit(std::int64_t M, std::int64_t N, std::int64_t K) {
   return N % 8 == 0 && M >= 128 && K >= 64 && M * N <= (std::int64_t(1) << 18);
 }
 
-/// Depth of a block of gemm_trans_a: a panel of op(B) (256 x 16) and a micro-panel of op(A)
+/// Most depth of a block of gemm_trans_a: a panel of op(B) (256 x 16) and a micro-panel of op(A)
 /// (256 x 6) stay in L1 while the kernel runs.
 constexpr std::int64_t kDepthBlock = 256;
 
-/// C [M, N] (+)= alpha A^T op(B) (see Store), A stored [K, M] with stride lda, K long: the weight gradient
-/// dZ^T X of a linear layer (K = its batch rows). Per block of kDepthBlock k: op(B)'s rows are
-/// packed into panels and A's into micro-panels of 6 rows (k-major, so the kernel reads both
-/// sequentially), then every 6 x 16 block of C adds one FMA chain over the block, blocks in order.
-/// The first block writes C as `st` says, later blocks add. `packed` holds kDepthBlock * (N + M + 6)
-/// floats.
+/// How many depth blocks gemm_trans_a cuts K into: the fewest of at most kDepthBlock, made even
+/// when more than one so two threads can share them (gemm_trans_a_split); a function of K alone.
+inline std::int64_t depth_blocks(std::int64_t K) {
+  std::int64_t nb = (K + kDepthBlock - 1) / kDepthBlock;
+  if (nb > 1 && nb % 2) ++nb;
+  return nb;
+}
+/// Depth of all but the last block: K cut into depth_blocks(K) nearly equal blocks.
+inline std::int64_t depth_block(std::int64_t K) {
+  const std::int64_t nb = depth_blocks(K);
+  return nb > 0 ? (K + nb - 1) / nb : 0;
+}
+
+/// Whether the weight-gradient product may be split over threads by depth blocks
+/// (gemm_trans_a_split): the whole C [M, N] per block is small, and alpha 1 so each block's
+/// partial is its exact sum (alpha * sum would round once more than gemm_trans_a's FMA).
+inline bool split_depth_fit(std::int64_t M, std::int64_t N, std::int64_t K, float alpha) {
+  return alpha == 1.0f && N % 8 == 0 && M >= 16 && M * N <= (std::int64_t(1) << 18) && depth_blocks(K) >= 2;
+}
+
+/// C [M, N] (+)= alpha A^T op(B) (see Store), A stored [K, M] with stride lda, K long: the weight
+/// gradient dZ^T X of a linear layer (K = its batch rows). Per depth block (depth_block(K) k):
+/// op(B)'s rows are packed into panels and A's into micro-panels of 6 rows (k-major, so the kernel
+/// reads both sequentially), then every 6 x 16 block of C adds one FMA chain over the block, blocks
+/// in order. The first block writes C as `st` says, later blocks add. `packed` holds
+/// kDepthBlock * (N + M + 6) floats.
 inline void gemm_trans_a(bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, float alpha, const float* A,
                          std::int64_t lda, const float* B, std::int64_t ldb, float* packed, float* C,
                          std::int64_t ldc, Store st) {
   float* pb = packed;
   float* pa = packed + kDepthBlock * N;
-  for (std::int64_t k0 = 0; k0 < K; k0 += kDepthBlock) {
-    const std::int64_t kb = std::min(kDepthBlock, K - k0);
+  const std::int64_t depth = depth_block(K);
+  for (std::int64_t k0 = 0; k0 < K; k0 += depth) {
+    const std::int64_t kb = std::min(depth, K - k0);
     pack_panels(trans_b, trans_b ? B + k0 : B + k0 * ldb, ldb, kb, N, pb);
     // Micro-panel of rows [r0, r0 + 6): element (r, k) at r0 * kb + k * 6 + (r - r0); missing rows 0.
     for (std::int64_t r0 = 0; r0 < M; r0 += 6) {
