@@ -60,31 +60,8 @@ void BM_gemm(benchmark::State& st) {
 }
 BENCHMARK(BM_gemm)->Arg(64)->Arg(128)->Arg(256)->Arg(512)->Unit(benchmark::kMicrosecond);
 
-void BM_linear_fwd_bwd(benchmark::State& st) {
-  const std::int64_t batch = st.range(0), d = st.range(1);
-  Parameter x(random_tensor({batch, d}, 3)), w(random_tensor({d, d}, 4, -0.1f, 0.1f)), b(random_tensor({d}, 5));
-  Tensor seed = random_tensor({batch, d}, 6);
-  for (auto _ : st) {
-    Var y = linear(x, w, b);
-    tape().backward(y, seed);
-    end_step();
-    st.PauseTiming();
-    x.zero_grad();
-    w.zero_grad();
-    b.zero_grad();
-    st.ResumeTiming();
-  }
-  st.counters["GFLOP/s"] = benchmark::Counter(6.0 * double(batch) * double(d) * double(d) * 1e-9,
-                                              benchmark::Counter::kIsIterationInvariantRate);
-}
-BENCHMARK(BM_linear_fwd_bwd)->Args({256, 64})->Args({256, 256})->Args({4096, 64})->Args({4096, 256})
-    ->Unit(benchmark::kMicrosecond);
-
-// A tower's layers as they train: batch x in -> out, the input gradient included (an inner layer).
-// The shapes are FaceBookDSSM's on Torch-RecHub's ML-100K samples: the user tower at batch 2048
-// (its first layer's history part is 16 wide) and an item tower over ~840 distinct items.
-void BM_linear_layer(benchmark::State& st) {
-  const std::int64_t batch = st.range(0), in = st.range(1), out = st.range(2);
+/// linear(x [batch, in], W [out, in], b) on the tape + backward, the input gradient included.
+void run_linear(benchmark::State& st, std::int64_t batch, std::int64_t in, std::int64_t out) {
   Parameter x(random_tensor({batch, in}, 3)), w(random_tensor({out, in}, 4, -0.1f, 0.1f)), b(random_tensor({out}, 5));
   Tensor seed = random_tensor({batch, out}, 6);
   for (auto _ : st) {
@@ -100,6 +77,15 @@ void BM_linear_layer(benchmark::State& st) {
   st.counters["GFLOP/s"] = benchmark::Counter(6.0 * double(batch) * double(in) * double(out) * 1e-9,
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
+
+void BM_linear_fwd_bwd(benchmark::State& st) { run_linear(st, st.range(0), st.range(1), st.range(1)); }
+BENCHMARK(BM_linear_fwd_bwd)->Args({256, 64})->Args({256, 256})->Args({4096, 64})->Args({4096, 256})
+    ->Unit(benchmark::kMicrosecond);
+
+// A tower's layers as they train: batch x in -> out, the input gradient included (an inner layer).
+// The shapes are FaceBookDSSM's on Torch-RecHub's ML-100K samples: the user tower at batch 2048
+// (its first layer's history part is 16 wide) and an item tower over ~840 distinct items.
+void BM_linear_layer(benchmark::State& st) { run_linear(st, st.range(0), st.range(1), st.range(2)); }
 BENCHMARK(BM_linear_layer)->ArgNames({"rows", "in", "out"})
     ->Args({2048, 16, 256})->Args({2048, 256, 128})->Args({2048, 128, 64})->Args({2048, 64, 32})
     ->Args({840, 32, 256})->Args({840, 256, 128})->Args({840, 128, 64})->Args({840, 64, 32})
