@@ -234,7 +234,8 @@ inline void gemm_block(bool trans_a, bool trans_b, std::int64_t M, std::int64_t 
 /// pay, and Eigen took those. Here the threads share the depth blocks instead: each packs only
 /// its blocks' rows of A and op(B) and writes every block's exact partial sum to its own buffer;
 /// the partials are then added into C in block order, which is gemm_trans_a's order and rounding
-/// (its FMA with alpha 1 adds the exact block sum): the same floats on any number of threads.
+/// (its FMA with alpha 1 adds the exact block sum): the same floats as one thread's gemm_trans_a
+/// whatever the thread count (one thread still gives products under 128 rows of C to Eigen).
 inline void gemm_trans_a_split(bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, const float* A,
                                std::int64_t lda, const float* B, std::int64_t ldb, float beta, float* C,
                                std::int64_t ldc, const float* bias) {
