@@ -56,8 +56,9 @@ inline void pack_panels(bool trans_b, const float* B, std::int64_t ldb, std::int
 
 /// How the kernel writes its block of C: add into it, or set it (to the bias row when one is given,
 /// else to the product alone), so a fresh C is never zeroed or filled with the bias beforehand
-/// (that memset / copy was 4-5% of a FaceBookDSSM epoch on one thread). Both give alpha * acc + c
-/// with one rounding, c the old value, the bias or 0: the same floats as filling then adding.
+/// (that memset / copy was ~3% of a FaceBookDSSM epoch's perf samples on one thread). Both give
+/// alpha * acc + c with one rounding, c the old value, the bias or 0: the same floats as filling
+/// then adding.
 struct Store {
   bool overwrite = false;
   const float* bias = nullptr;  // with overwrite: this block's columns of the bias, or null for 0

@@ -69,8 +69,7 @@ inline void check_ids(const char* op, const std::int32_t* ids, std::int64_t n, c
 /// low rows, and an even split of the rows left one thread with 2.5x the other's work.
 inline void scatter_add_rows(float* dT, std::int64_t V, std::int64_t D, const std::int32_t* ids, std::int64_t n,
                              const float* dy, std::int64_t ids_per_grad, const float* scale, std::int32_t skip) {
-  // Ids in groups sharing one gradient row: no division per id (a 64-bit divide per id was most
-  // of an embedding bag's backward).
+  // Ids in groups sharing one gradient row: no 64-bit divide per id to find its gradient row.
   auto rows = [&](std::int64_t r0, std::int64_t r1) {
     for (std::int64_t g = 0, i0 = 0; i0 < n; ++g, i0 += ids_per_grad) {
       const float sc = scale ? scale[g] : 1.0f;
