@@ -243,6 +243,63 @@ TEST_CASE("batch_norm1d_act with row weights equals the batch with each row repe
   end_step();
 }
 
+TEST_CASE("batch_norm1d_act over many row chunks and column tiles matches a double-precision reference") {
+  // 303 rows: chunks of 64 (the last 47 rows: 3 past a multiple of 4), one chunk of zero weights;
+  // 21 columns: two 8-column tiles (AVX2 where built) and a 5-column generic tail. Columns sit
+  // 40 + 3c away from 0 with spread ~1, so a variance taken about a poor mean would show (and
+  // float32 inputs that large carry up to ~3e-5 of rounding into x A + B: the tolerances).
+  Rng rng(7);
+  const std::int64_t N = 303, C = 21;
+  Tensor x = random_tensor({N, C}, rng, -1, 1), seed = random_tensor({N, C}, rng), w = Tensor::empty({N});
+  for (std::int64_t r = 0; r < N; ++r) {
+    for (std::int64_t c = 0; c < C; ++c) x.f32()[r * C + c] += 40.0f + 3.0f * float(c);
+    w.f32()[r] = r >= 64 && r < 128 ? 0.0f : float(r % 3);
+  }
+  const Tensor gam = random_tensor({C}, rng, 0.5f, 1.5f), bet = random_tensor({C}, rng), slope = random_tensor({C}, rng);
+  for (bool weighted : {false, true})
+    for (ActKind k : {ActKind::none, ActKind::relu, ActKind::prelu, ActKind::sigmoid}) {
+      CAPTURE(weighted);
+      CAPTURE(act_name(k));
+      Parameter px(x.clone()), pg(gam.clone()), pb(bet.clone()), pa(slope.clone());
+      Tensor rm = Tensor::zeros({C}), rv = Tensor::full({C}, 1.0f);
+      Var y = batch_norm1d_act(px, pg, pb, rm, rv, true, 0.1f, 1e-5f, k, pa, weighted ? w : Tensor());
+      tape().backward(y, seed);
+      for (std::int64_t c = 0; c < C; ++c) {
+        double n = 0, s = 0, v = 0, s_g = 0, s_gx = 0, s_a = 0;
+        auto wt = [&](std::int64_t r) { return weighted ? double(w.f32()[r]) : 1.0; };
+        auto xv = [&](std::int64_t r) { return double(x.f32()[r * C + c]); };
+        for (std::int64_t r = 0; r < N; ++r) n += wt(r), s += wt(r) * xv(r);
+        const double mean = s / n;
+        for (std::int64_t r = 0; r < N; ++r) v += wt(r) * (xv(r) - mean) * (xv(r) - mean);
+        v /= n;
+        CHECK(rm.f32()[c] == doctest::Approx(0.1 * mean).epsilon(1e-6));
+        CHECK(rv.f32()[c] == doctest::Approx(0.9 + 0.1 * v * n / (n - 1)).epsilon(1e-5));
+        const double is = 1.0 / std::sqrt(v + 1e-5), a = slope.f32()[c];
+        std::vector<double> xh(N), gz(N);
+        for (std::int64_t r = 0; r < N; ++r) {
+          xh[r] = (xv(r) - mean) * is;
+          const double z = gam.f32()[c] * xh[r] + bet.f32()[c], g = seed.f32()[r * C + c];
+          double want = z;
+          gz[r] = g;
+          if (k == ActKind::relu) want = std::max(z, 0.0), gz[r] = z > 0 ? g : 0.0;
+          if (k == ActKind::prelu) want = z > 0 ? z : a * z, gz[r] = z > 0 ? g : a * g, s_a += g * std::min(z, 0.0);
+          if (k == ActKind::sigmoid) want = 1 / (1 + std::exp(-z)), gz[r] = g * want * (1 - want);
+          CHECK(y.value().f32()[r * C + c] == doctest::Approx(want).epsilon(1e-4).scale(1.0));
+          s_g += gz[r];
+          s_gx += gz[r] * xh[r];
+        }
+        CHECK(pb.grad().f32()[c] == doctest::Approx(s_g).epsilon(5e-4).scale(1.0));
+        CHECK(pg.grad().f32()[c] == doctest::Approx(s_gx).epsilon(5e-4).scale(1.0));
+        if (k == ActKind::prelu) CHECK(pa.grad().f32()[c] == doctest::Approx(s_a).epsilon(5e-4).scale(1.0));
+        for (std::int64_t r = 0; r < N; ++r) {
+          const double dx = gam.f32()[c] * is * (gz[r] - wt(r) * (s_g + xh[r] * s_gx) / n);
+          CHECK(px.grad().f32()[r * C + c] == doctest::Approx(dx).epsilon(1e-4).scale(0.1));
+        }
+      }
+      end_step();
+    }
+}
+
 TEST_CASE("row and column reductions are bit-identical for 1 and 2 threads") {
   Rng rng(6);
   const Tensor x = random_tensor({777, 48}, rng), g = random_tensor({48}, rng), b = random_tensor({48}, rng);

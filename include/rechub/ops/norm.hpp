@@ -25,8 +25,8 @@
 //   dice_bn       the DIN paper's Dice: p = sigmoid(batch_norm1d(x) without affine),
 //                 y = x (alpha + (1 - alpha) p); composed from the ops above.
 //
-// batch_norm1d splits columns over threads: every column's sums run over all rows on one thread,
-// so results do not depend on the thread count and no partial buffers are needed.
+// batch_norm1d's sums are taken over fixed chunks of rows and added in chunk order, so results do
+// not depend on the thread count (detail, below).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -37,6 +37,7 @@
 #endif
 
 #include "rechub/ops/activation.hpp"
+#include "rechub/ops/batch_norm_avx2.hpp"
 #include "rechub/ops/elementwise.hpp"
 
 namespace rechub {
@@ -120,9 +121,36 @@ inline Var layer_norm(const Var& x, const Var& gamma, const Var& beta, float eps
 }
 
 namespace detail {
-// Column kernels of batch_norm1d over a block of w columns of a row-major [N, C] matrix (pointers
-// already offset to the block's first column). Rows outer, columns inner: the inner loops are
-// contiguous and vectorise; __restrict tells the compiler the arena buffers do not overlap.
+// batch_norm1d's passes. Every pass walks rows in contiguous blocks, so each thread streams its
+// own part of memory: splitting columns over threads (each thread half of every row) made the
+// forward ~2x slower on 2 threads than on 1 on this 2-core Zen 2 machine, and the backward no faster.
+// The two reductions (the batch statistics; the gradient sums) are cut into chunks of kBnChunk
+// rows: each chunk's partial sums are exact on their own and are added in chunk order, so the
+// result does not depend on the thread count. Inside a chunk a reduction runs tile by tile,
+// kBnChunk rows x kBnLanes columns, the column's running sums in registers (ops/batch_norm_avx2.hpp
+// for none / relu / prelu; the generic tile kernels below otherwise). The statistics are each
+// chunk's mean and sum of squared deviations about it (two passes over a tile already in L1),
+// combined as Chan et al.'s pairwise variance: M2 = sum_k [M2_k + n_k (mean_k - mean)^2].
+constexpr std::int64_t kBnChunk = 64;
+constexpr std::int64_t kBnLanes = 8;
+
+/// Runs fn(k, r0, rows, c0, width, whole) for every tile: chunk k = rows [r0, r0 + rows), columns
+/// [c0, c0 + width); whole is std::true_type for a tile of kBnLanes columns. Chunks are shared
+/// out over threads; cost_per_element is the scalar work of one element.
+template <class Fn>
+void for_each_bn_tile(std::int64_t N, std::int64_t C, std::int64_t cost_per_element, Fn&& fn) {
+  const std::int64_t chunks = (N + kBnChunk - 1) / kBnChunk;
+  parallel_for(chunks, kBnChunk * C * cost_per_element, [&](std::int64_t k0, std::int64_t k1) {
+    for (std::int64_t k = k0; k < k1; ++k) {
+      const std::int64_t r0 = k * kBnChunk, rows = std::min(kBnChunk, N - r0);
+      for (std::int64_t c0 = 0; c0 < C; c0 += kBnLanes) {
+        const std::int64_t width = std::min(kBnLanes, C - c0);
+        if (width == kBnLanes) fn(k, r0, rows, c0, width, std::true_type());
+        else fn(k, r0, rows, c0, width, std::false_type());
+      }
+    }
+  });
+}
 
 /// out[c] = 1 / sqrt(var[c] + eps), bit for bit the scalar expression. Compilers keep std::sqrt
 /// scalar (errno), and eval mode redoes this for every column on every call: it was the largest
@@ -137,72 +165,94 @@ inline void bn_inv_std(float* __restrict out, const float* __restrict var, float
   for (; c < n; ++c) out[c] = 1.0f / std::sqrt(var[c] + eps);
 }
 
-/// mean and biased variance of each column (two passes: the variance stays accurate); with row
-/// weights `rw` the weighted ones over n = sum rw rows.
-inline void bn_column_stats(const float* __restrict x, std::int64_t N, std::int64_t C, std::int64_t w,
-                            const float* __restrict rw, float n, float* __restrict mean, float* __restrict var) {
-  for (std::int64_t c = 0; c < w; ++c) mean[c] = var[c] = 0.0f;
-  if (rw) {
-    for (std::int64_t r = 0; r < N; ++r)
-      for (std::int64_t c = 0; c < w; ++c) mean[c] += rw[r] * x[r * C + c];
-  } else {
-    for (std::int64_t r = 0; r < N; ++r)
-      for (std::int64_t c = 0; c < w; ++c) mean[c] += x[r * C + c];
+// Tile kernels (see the top of this namespace): R rows of w <= kBnLanes columns, rows C apart.
+
+/// Per column: sum = sum_r w_r x and m2 = sum_r w_r (x - sum / n)^2, n = sum_r w_r > 0.
+template <bool kWhole>
+inline void bn_tile_moments(const float* __restrict x, std::int64_t R, std::int64_t C, std::int64_t w,
+                            const float* __restrict rw, float n, float* __restrict sum, float* __restrict m2) {
+#ifdef RECHUB_AVX2_BATCH_NORM
+  if constexpr (kWhole) {
+    avx2::bn_tile_moments(x, R, C, rw, n, sum, m2);
+    return;
   }
-  for (std::int64_t c = 0; c < w; ++c) mean[c] /= n;
-  for (std::int64_t r = 0; r < N; ++r) {
-    const float wr = rw ? rw[r] : 1.0f;
+#endif
+  // Four chains per column, row r into chain r % 4, totalled (c0 + c1) + (c2 + c3): the AVX2
+  // kernel's order (it needs the chains to hide latency).
+  float s[4][kBnLanes] = {}, v[4][kBnLanes] = {}, mean[kBnLanes], total[kBnLanes];
+  for (std::int64_t r = 0; r < R; ++r)
+    for (std::int64_t c = 0; c < w; ++c) s[r % 4][c] += (rw ? rw[r] : 1.0f) * x[r * C + c];
+  for (std::int64_t c = 0; c < w; ++c) {
+    total[c] = (s[0][c] + s[1][c]) + (s[2][c] + s[3][c]);
+    mean[c] = total[c] / n;
+  }
+  for (std::int64_t r = 0; r < R; ++r)
     for (std::int64_t c = 0; c < w; ++c) {
       const float d = x[r * C + c] - mean[c];
-      var[c] += wr * d * d;
+      v[r % 4][c] += (rw ? rw[r] : 1.0f) * d * d;
     }
+  for (std::int64_t c = 0; c < w; ++c) {
+    sum[c] = total[c];
+    m2[c] = (v[0][c] + v[1][c]) + (v[2][c] + v[3][c]);
   }
-  for (std::int64_t c = 0; c < w; ++c) var[c] /= n;
 }
 
-template <ActKind K>
-inline void bn_act_forward(const float* __restrict x, float* __restrict y, std::int64_t N, std::int64_t C,
-                           std::int64_t w, const float* __restrict A, const float* __restrict B,
-                           const float* __restrict S) {
-  for (std::int64_t r = 0; r < N; ++r)
-    for (std::int64_t c = 0; c < w; ++c) y[r * C + c] = act_value<K>(x[r * C + c] * A[c] + B[c], S[c]);
-}
-
-template <ActKind K>
-inline void bn_act_backward_sums(const float* __restrict x, const float* __restrict y, const float* __restrict g,
-                                 std::int64_t N, std::int64_t C, std::int64_t w, const float* __restrict I,
-                                 const float* __restrict M, const float* __restrict A, const float* __restrict B,
-                                 const float* __restrict S, float* __restrict s_g, float* __restrict s_gx,
-                                 float* __restrict s_a) {
-  for (std::int64_t c = 0; c < w; ++c) s_g[c] = s_gx[c] = s_a[c] = 0.0f;
-  for (std::int64_t r = 0; r < N; ++r)
+/// Per column: sum gz, sum gz xh and prelu's sum g min(z, 0); gz = g act'(z), xh = x I + M,
+/// z = x A + B (y = act(z) for the activations whose derivative reads it).
+template <ActKind K, bool kWhole>
+inline void bn_tile_grad_sums(const float* __restrict x, const float* __restrict y, const float* __restrict g,
+                              std::int64_t R, std::int64_t C, std::int64_t w, const float* __restrict I,
+                              const float* __restrict M, const float* __restrict A, const float* __restrict B,
+                              const float* __restrict S, float* __restrict s_g, float* __restrict s_gx,
+                              float* __restrict s_a) {
+#ifdef RECHUB_AVX2_BATCH_NORM
+  if constexpr (kWhole && avx2::bn_tile_fits<K>()) {
+    avx2::bn_tile_grad_sums<K>(x, g, R, C, I, M, A, B, S, s_g, s_gx, s_a);
+    return;
+  }
+#endif
+  float sg[4][kBnLanes] = {}, sx[4][kBnLanes] = {}, sa[4][kBnLanes] = {};  // chains as in bn_tile_moments
+  for (std::int64_t r = 0; r < R; ++r)
     for (std::int64_t c = 0; c < w; ++c) {
       const std::int64_t i = r * C + c;
       const float xh = x[i] * I[c] + M[c], z = x[i] * A[c] + B[c];
       const float gz = act_grad<K>(g[i], z, y[i], S[c]);
-      s_g[c] += gz;
-      s_gx[c] += gz * xh;
-      if constexpr (K == ActKind::prelu) s_a[c] += g[i] * std::min(z, 0.0f);
+      sg[r % 4][c] += gz;
+      sx[r % 4][c] += gz * xh;
+      if constexpr (K == ActKind::prelu) sa[r % 4][c] += g[i] * std::min(z, 0.0f);
     }
+  for (std::int64_t c = 0; c < w; ++c) {
+    s_g[c] = (sg[0][c] + sg[1][c]) + (sg[2][c] + sg[3][c]);
+    s_gx[c] = (sx[0][c] + sx[1][c]) + (sx[2][c] + sx[3][c]);
+    s_a[c] = (sa[0][c] + sa[1][c]) + (sa[2][c] + sa[3][c]);
+  }
 }
 
-/// dx += A (gz - mean(gz) - xh mean(gz xh)) in training; dx += A gz in eval (constant stats).
-/// With row weights the centring term of row r scales by rw[r] and n = sum rw (see the top).
+// Elementwise passes over rows [0, R) of all C columns (pointers offset to the first row): the
+// inner loops are contiguous and vectorise; __restrict: the arena buffers do not overlap.
+
+/// y = act(x A + B).
+template <ActKind K>
+inline void bn_act_forward(const float* __restrict x, float* __restrict y, std::int64_t R, std::int64_t C,
+                           const float* __restrict A, const float* __restrict B, const float* __restrict S) {
+  for (std::int64_t r = 0; r < R; ++r)
+    for (std::int64_t c = 0; c < C; ++c) y[r * C + c] = act_value<K>(x[r * C + c] * A[c] + B[c], S[c]);
+}
+
+/// dx (+)= A (gz - w_r (x P + Q)), w_r = rw[r] (1 without row weights). In training
+/// x P + Q = (s_g + xh s_gx) / n, the centring term (see the top of the file); in eval P = Q = 0.
 /// kStore: dx holds no gradient yet, store instead of adding (Var::grad_for_write).
 template <ActKind K, bool kStore>
 inline void bn_act_backward_dx(const float* __restrict x, const float* __restrict y, const float* __restrict g,
-                               float* __restrict dx, std::int64_t N, std::int64_t C, std::int64_t w,
-                               const float* __restrict I, const float* __restrict M, const float* __restrict A,
-                               const float* __restrict B, const float* __restrict S, const float* __restrict s_g,
-                               const float* __restrict s_gx, bool training, const float* __restrict rw, float n) {
-  const float inv_n = training ? 1.0f / n : 0.0f;
-  for (std::int64_t r = 0; r < N; ++r) {
-    const float scale = rw ? rw[r] * inv_n : inv_n;
-    for (std::int64_t c = 0; c < w; ++c) {
+                               float* __restrict dx, std::int64_t R, std::int64_t C, const float* __restrict A,
+                               const float* __restrict B, const float* __restrict S, const float* __restrict P,
+                               const float* __restrict Q, const float* __restrict rw) {
+  for (std::int64_t r = 0; r < R; ++r) {
+    const float wr = rw ? rw[r] : 1.0f;
+    for (std::int64_t c = 0; c < C; ++c) {
       const std::int64_t i = r * C + c;
-      const float xh = x[i] * I[c] + M[c], z = x[i] * A[c] + B[c];
-      const float gz = act_grad<K>(g[i], z, y[i], S[c]);
-      const float d = A[c] * (gz - (s_g[c] + xh * s_gx[c]) * scale);
+      const float z = x[i] * A[c] + B[c];
+      const float d = A[c] * (act_grad<K>(g[i], z, y[i], S[c]) - wr * (x[i] * P[c] + Q[c]));
       if constexpr (kStore) dx[i] = d;
       else dx[i] += d;
     }
@@ -262,7 +312,7 @@ inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Ten
   // Per column, kept for the backward: xh = x I + M (I = invstd, M = -mean invstd) and the
   // folded affine z = x A + B (A = gamma invstd, B = beta - mean A); S = prelu slope per column.
   float* cols = step_arena().tensor({6, C}).f32();
-  float *I = cols, *M = cols + C, *A = cols + 2 * C, *B = cols + 3 * C, *S = cols + 4 * C, *tmp = cols + 5 * C;
+  float *I = cols, *M = cols + C, *A = cols + 2 * C, *B = cols + 3 * C, *S = cols + 4 * C, *mean = cols + 5 * C;
   const float *pg = gamma.defined() ? gamma.value().f32() : nullptr,
               *pb = beta.defined() ? beta.value().f32() : nullptr;
   const float* pa = use_slope ? sl.value().f32() : nullptr;
@@ -271,55 +321,104 @@ inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Ten
   float *rm = have_running ? running_mean.f32() : nullptr, *rv = have_running ? running_var.f32() : nullptr;
   const float* px = X.f32();
   float* py = out.value().f32();
+  const std::int64_t chunks = (N + detail::kBnChunk - 1) / detail::kBnChunk;
+  if (training) {
+    // Each chunk's weight, sums and squared deviations (see detail), then combined in chunk order.
+    float* part = step_arena().tensor({2 * chunks * C + chunks}).f32();
+    float *p_sum = part, *p_m2 = part + chunks * C, *p_n = part + 2 * chunks * C;
+    for (std::int64_t k = 0; k < chunks; ++k) {
+      const std::int64_t r0 = k * detail::kBnChunk, r1 = std::min(N, r0 + detail::kBnChunk);
+      float nk = float(r1 - r0);
+      if (rw) {
+        nk = 0.0f;
+        for (std::int64_t r = r0; r < r1; ++r) nk += rw[r];
+      }
+      p_n[k] = nk;
+    }
+    detail::for_each_bn_tile(N, C, 4, [&](std::int64_t k, std::int64_t r0, std::int64_t rows, std::int64_t c0,
+                                          std::int64_t w, auto whole) {
+      float *sum = p_sum + k * C + c0, *m2 = p_m2 + k * C + c0;
+      if (p_n[k] > 0.0f) {
+        detail::bn_tile_moments<decltype(whole)::value>(px + r0 * C + c0, rows, C, w, rw ? rw + r0 : nullptr, p_n[k],
+                                                         sum, m2);
+      } else {
+        std::fill(sum, sum + w, 0.0f);
+        std::fill(m2, m2 + w, 0.0f);
+      }
+    });
+    for (std::int64_t c = 0; c < C; ++c) {
+      float s = 0.0f;
+      for (std::int64_t k = 0; k < chunks; ++k) s += p_sum[k * C + c];
+      const float m = s / n;
+      float m2 = 0.0f;
+      for (std::int64_t k = 0; k < chunks; ++k) {
+        if (p_n[k] <= 0.0f) continue;
+        const float d = p_sum[k * C + c] / p_n[k] - m;
+        m2 += p_m2[k * C + c] + p_n[k] * d * d;
+      }
+      const float var = m2 / n;
+      if (rm) {
+        rm[c] = (1.0f - momentum) * rm[c] + momentum * m;
+        rv[c] = (1.0f - momentum) * rv[c] + momentum * var * n / (n - 1.0f);
+      }
+      mean[c] = m;
+      I[c] = 1.0f / std::sqrt(var + eps);
+    }
+  } else {
+    std::copy(rm, rm + C, mean);
+    detail::bn_inv_std(I, rv, eps, C);
+  }
+  for (std::int64_t c = 0; c < C; ++c) {
+    M[c] = -mean[c] * I[c];
+    A[c] = pg ? pg[c] * I[c] : I[c];
+    B[c] = (pb ? pb[c] : 0.0f) - mean[c] * A[c];
+  }
   detail::dispatch_act(act, [&](auto kind) {
     constexpr ActKind K = decltype(kind)::value;
-    parallel_for(C, N * (4 + detail::act_cost<K>()), [&](std::int64_t c0, std::int64_t c1) {
-      const std::int64_t w = c1 - c0;
-      float *mean = tmp + c0, *var = I + c0;
-      if (training) {
-        detail::bn_column_stats(px + c0, N, C, w, rw, n, mean, var);
-        for (std::int64_t c = c0; c < c1; ++c) {
-          if (rm) {
-            rm[c] = (1.0f - momentum) * rm[c] + momentum * tmp[c];
-            rv[c] = (1.0f - momentum) * rv[c] + momentum * I[c] * n / (n - 1.0f);
-          }
-          I[c] = 1.0f / std::sqrt(I[c] + eps);
-        }
-      } else {
-        std::copy(rm + c0, rm + c1, tmp + c0);
-        detail::bn_inv_std(I + c0, rv + c0, eps, w);
-      }
-      for (std::int64_t c = c0; c < c1; ++c) {
-        M[c] = -tmp[c] * I[c];
-        A[c] = pg ? pg[c] * I[c] : I[c];
-        B[c] = (pb ? pb[c] : 0.0f) - tmp[c] * A[c];
-      }
-      detail::bn_act_forward<K>(px + c0, py + c0, N, C, w, A + c0, B + c0, S + c0);
+    parallel_for(N, C * (2 + detail::act_cost<K>()), [&](std::int64_t r0, std::int64_t r1) {
+      detail::bn_act_forward<K>(px + r0 * C, py + r0 * C, r1 - r0, C, A, B, S);
     });
   });
   const float* saved_rw = rw ? detail::arena_copy(rw, N) : nullptr;
-  detail::record(out, [x, gamma, beta, sl, out, N, C, na, cols, training, act, saved_rw, n] {
+  detail::record(out, [x, gamma, beta, sl, out, N, C, na, cols, training, act, saved_rw, n, chunks] {
     const float *g = out.grad().f32(), *y = out.value().f32(), *px = x.value().f32();
     const float *I = cols, *M = cols + C, *A = cols + 2 * C, *B = cols + 3 * C, *S = cols + 4 * C;
     bool store = false;
     float* dx = x.requires_grad() ? x.grad_for_write(store).f32() : nullptr;
-    // Per column: sum gz, sum gz xh, and prelu's sum g z over z <= 0.
-    float* sums = step_arena().tensor({3, C}).f32();
-    float *s_g = sums, *s_gx = sums + C, *s_a = sums + 2 * C;
+    // Per chunk and column: sum gz, sum gz xh, and prelu's sum g z over z <= 0; then their totals
+    // in chunk order, and the centring term's coefficients P, Q (bn_act_backward_dx).
+    float* part = step_arena().tensor({3 * chunks * C + 5 * C}).f32();
+    float *sums = part + 3 * chunks * C, *s_g = sums, *s_gx = sums + C, *s_a = sums + 2 * C, *P = sums + 3 * C,
+          *Q = sums + 4 * C;
     detail::dispatch_act(act, [&](auto kind) {
       constexpr ActKind K = decltype(kind)::value;
-      parallel_for(C, N * (14 + detail::act_cost<K>()), [&](std::int64_t c0, std::int64_t c1) {
-        const std::int64_t w = c1 - c0;
-        detail::bn_act_backward_sums<K>(px + c0, y + c0, g + c0, N, C, w, I + c0, M + c0, A + c0, B + c0, S + c0,
-                                        s_g + c0, s_gx + c0, s_a + c0);
-        if (!dx) return;
-        auto dx_pass = [&](auto store_tag) {
-          detail::bn_act_backward_dx<K, decltype(store_tag)::value>(px + c0, y + c0, g + c0, dx + c0, N, C, w, I + c0,
-                                                                    M + c0, A + c0, B + c0, S + c0, s_g + c0,
-                                                                    s_gx + c0, training, saved_rw, n);
-        };
-        if (store) dx_pass(std::true_type());
-        else dx_pass(std::false_type());
+      detail::for_each_bn_tile(N, C, 6 + detail::act_cost<K>(), [&](std::int64_t k, std::int64_t r0, std::int64_t rows,
+                                                                    std::int64_t c0, std::int64_t w, auto whole) {
+        const std::int64_t o = r0 * C + c0;
+        float* pk = part + 3 * k * C + c0;
+        detail::bn_tile_grad_sums<K, decltype(whole)::value>(px + o, y + o, g + o, rows, C, w, I + c0, M + c0, A + c0,
+                                                             B + c0, S + c0, pk, pk + C, pk + 2 * C);
+      });
+      for (std::int64_t c = 0; c < C; ++c) {
+        float a = 0.0f, b = 0.0f, d = 0.0f;
+        for (std::int64_t k = 0; k < chunks; ++k) {
+          const float* pk = part + 3 * k * C + c;
+          a += pk[0];
+          b += pk[C];
+          d += pk[2 * C];
+        }
+        s_g[c] = a;
+        s_gx[c] = b;
+        s_a[c] = d;
+        P[c] = training ? I[c] * b / n : 0.0f;
+        Q[c] = training ? (a + M[c] * b) / n : 0.0f;
+      }
+      if (!dx) return;
+      parallel_for(N, C * (6 + detail::act_cost<K>()), [&](std::int64_t r0, std::int64_t r1) {
+        const std::int64_t o = r0 * C;
+        const float* w = saved_rw ? saved_rw + r0 : nullptr;
+        if (store) detail::bn_act_backward_dx<K, true>(px + o, y + o, g + o, dx + o, r1 - r0, C, A, B, S, P, Q, w);
+        else detail::bn_act_backward_dx<K, false>(px + o, y + o, g + o, dx + o, r1 - r0, C, A, B, S, P, Q, w);
       });
     });
     if (detail::needs_grad(gamma)) {
