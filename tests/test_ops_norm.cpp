@@ -244,10 +244,10 @@ TEST_CASE("batch_norm1d_act with row weights equals the batch with each row repe
 }
 
 TEST_CASE("batch_norm1d_act over many row chunks and column tiles matches a double-precision reference") {
-  // 303 rows: chunks of 64 (the last 47 rows: 3 past a multiple of 4), one chunk of zero weights;
-  // 21 columns: two 8-column tiles (AVX2 where built) and a 5-column generic tail. Columns sit
-  // 40 + 3c away from 0 with spread ~1, so a variance taken about a poor mean would show (and
-  // float32 inputs that large carry up to ~3e-5 of rounding into x A + B: the tolerances).
+  // 303 rows: chunks of 64 (the last one 47 rows), one chunk all zero weights; 21 columns: a
+  // 16-column tile (AVX2 where built) and a 5-column generic tail. Columns sit 40 + 3c away from 0
+  // with spread ~1, so a variance taken about a poor mean would show (and float32 inputs that
+  // large carry up to ~3e-5 of rounding into x A + B: the tolerances).
   Rng rng(7);
   const std::int64_t N = 303, C = 21;
   Tensor x = random_tensor({N, C}, rng, -1, 1), seed = random_tensor({N, C}, rng), w = Tensor::empty({N});

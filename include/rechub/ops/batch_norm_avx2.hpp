@@ -1,17 +1,17 @@
 #pragma once
 // AVX2 + FMA tile kernels of batch_norm1d (ops/norm.hpp): a tile is R rows (at most a chunk of
-// kBnChunk) by 8 columns of a row-major [N, C] matrix, pointers offset to the tile's first
-// element, rows C floats apart. The 8 columns are one vector: each column's parameters and sums
-// stay in registers while the kernel walks down the rows, where a walk along whole rows reloads
-// them from memory for every row (11 loads and 3 stores per 8 elements in the backward sums).
+// kBnChunk) by 16 columns of a row-major [N, C] matrix, pointers offset to the tile's first
+// element, rows C floats apart. The 16 columns (two vectors, one cache line) keep their
+// parameters and sums in registers while the kernel walks down the rows, where a walk along
+// whole rows reloads them from memory for every row (11 loads and 3 stores per 8 elements in the
+// backward sums). A tile of 8 columns read each line twice, 64 rows apart: rows 1 KiB apart
+// share 4 of L1's 64 sets, so the second read missed.
 // Activations none, relu and prelu; sigmoid and tanh run the generic kernels in norm.hpp.
 //
-// Same formulas, per column the same order as the generic kernels (four chains per sum, row r
-// feeding chain r % 4, totalled as (c0 + c1) + (c2 + c3)); roundings may differ where GCC contracts the generic a * b + c differently
-// (a test compares the two paths). min / max take 0 first so that NaN passes through as it does
+// Same formulas, per column the same order (rows in order) as the generic kernels; roundings may
+// differ where GCC contracts the generic a * b + c differently. min / max take 0 first so that NaN passes through as it does
 // through std::max(z, 0.0f).
 #include <cstdint>
-#include <type_traits>
 
 #include "rechub/ops/activation.hpp"
 
@@ -39,25 +39,14 @@ inline __m256 bn_act_grad(__m256 g, __m256 z, __m256 slope) {
   }
 }
 
-/// Runs step(r, j) for rows r of [0, R) with j = r % 4 (j constant in each call): the row
-/// loop unrolled by 4 so that four independent chains per sum hide the add / FMA latency (a tile
-/// has one vector per sum, and one chain ran ~4x slower than the loads allow).
-template <class Step>
-inline void bn_rows_by4(std::int64_t R, Step&& step) {
-  std::int64_t r = 0;
-  for (; r + 4 <= R; r += 4) {
-    step(r, std::integral_constant<int, 0>());
-    step(r + 1, std::integral_constant<int, 1>());
-    step(r + 2, std::integral_constant<int, 2>());
-    step(r + 3, std::integral_constant<int, 3>());
-  }
-  if (r < R) step(r, std::integral_constant<int, 0>());
-  if (r + 1 < R) step(r + 1, std::integral_constant<int, 1>());
-  if (r + 2 < R) step(r + 2, std::integral_constant<int, 2>());
-}
-/// The four chains' total: (c0 + c1) + (c2 + c3), as the generic kernels add them.
-inline __m256 bn_total(const __m256 (&c)[4]) {
-  return _mm256_add_ps(_mm256_add_ps(c[0], c[1]), _mm256_add_ps(c[2], c[3]));
+/// The two vectors of a tile's 16 columns.
+struct BnPair {
+  __m256 lo, hi;
+};
+inline BnPair bn_load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+inline void bn_store(float* p, BnPair v) {
+  _mm256_storeu_ps(p, v.lo);
+  _mm256_storeu_ps(p + 8, v.hi);
 }
 
 /// Per column of the tile: sum = sum_r w_r x, then m2 = sum_r w_r (x - sum / n)^2 about the
@@ -65,22 +54,34 @@ inline __m256 bn_total(const __m256 (&c)[4]) {
 /// tile from L1.
 inline void bn_tile_moments(const float* __restrict x, std::int64_t R, std::int64_t C, const float* __restrict rw,
                             float n, float* __restrict sum, float* __restrict m2) {
-  const __m256 zero = _mm256_setzero_ps();
-  __m256 s[4] = {zero, zero, zero, zero}, v[4] = {zero, zero, zero, zero};
-  if (rw) {
-    bn_rows_by4(R, [&](std::int64_t r, auto j) {
-      s[j] = _mm256_fmadd_ps(_mm256_set1_ps(rw[r]), _mm256_loadu_ps(x + r * C), s[j]);
-    });
-  } else {
-    bn_rows_by4(R, [&](std::int64_t r, auto j) { s[j] = _mm256_add_ps(s[j], _mm256_loadu_ps(x + r * C)); });
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  for (std::int64_t r = 0; r < R; ++r) {
+    const float* xr = x + r * C;
+    if (rw) {
+      const __m256 w = _mm256_set1_ps(rw[r]);
+      s0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr), s0);
+      s1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + 8), s1);
+    } else {
+      s0 = _mm256_add_ps(s0, _mm256_loadu_ps(xr));
+      s1 = _mm256_add_ps(s1, _mm256_loadu_ps(xr + 8));
+    }
   }
-  const __m256 total = bn_total(s), mean = _mm256_div_ps(total, _mm256_set1_ps(n));
-  bn_rows_by4(R, [&](std::int64_t r, auto j) {
-    const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + r * C), mean);
-    v[j] = _mm256_fmadd_ps(rw ? _mm256_mul_ps(_mm256_set1_ps(rw[r]), d) : d, d, v[j]);
-  });
-  _mm256_storeu_ps(sum, total);
-  _mm256_storeu_ps(m2, bn_total(v));
+  const __m256 nn = _mm256_set1_ps(n), m0 = _mm256_div_ps(s0, nn), m1 = _mm256_div_ps(s1, nn);
+  __m256 v0 = _mm256_setzero_ps(), v1 = _mm256_setzero_ps();
+  for (std::int64_t r = 0; r < R; ++r) {
+    const float* xr = x + r * C;
+    const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(xr), m0), d1 = _mm256_sub_ps(_mm256_loadu_ps(xr + 8), m1);
+    if (rw) {
+      const __m256 w = _mm256_set1_ps(rw[r]);
+      v0 = _mm256_fmadd_ps(_mm256_mul_ps(w, d0), d0, v0);
+      v1 = _mm256_fmadd_ps(_mm256_mul_ps(w, d1), d1, v1);
+    } else {
+      v0 = _mm256_fmadd_ps(d0, d0, v0);
+      v1 = _mm256_fmadd_ps(d1, d1, v1);
+    }
+  }
+  bn_store(sum, {s0, s1});
+  bn_store(m2, {v0, v1});
 }
 
 /// Per column of the tile: sum gz, sum gz xh and (prelu) sum g min(z, 0), with gz = g act'(z),
@@ -90,19 +91,25 @@ inline void bn_tile_grad_sums(const float* __restrict x, const float* __restrict
                               const float* __restrict I, const float* __restrict M, const float* __restrict A,
                               const float* __restrict B, const float* __restrict S, float* __restrict s_g,
                               float* __restrict s_gx, float* __restrict s_a) {
-  const __m256 i = _mm256_loadu_ps(I), m = _mm256_loadu_ps(M), a = _mm256_loadu_ps(A), b = _mm256_loadu_ps(B),
-               sl = _mm256_loadu_ps(S), zero = _mm256_setzero_ps();
-  __m256 sg[4] = {zero, zero, zero, zero}, sx[4] = {zero, zero, zero, zero}, sa[4] = {zero, zero, zero, zero};
-  bn_rows_by4(R, [&](std::int64_t r, auto j) {
-    const __m256 xv = _mm256_loadu_ps(x + r * C), gv = _mm256_loadu_ps(g + r * C);
-    const __m256 z = _mm256_fmadd_ps(xv, a, b), gz = bn_act_grad<K>(gv, z, sl);
-    sg[j] = _mm256_add_ps(sg[j], gz);
-    sx[j] = _mm256_fmadd_ps(gz, _mm256_fmadd_ps(xv, i, m), sx[j]);
-    if constexpr (K == ActKind::prelu) sa[j] = _mm256_fmadd_ps(gv, _mm256_min_ps(zero, z), sa[j]);
-  });
-  _mm256_storeu_ps(s_g, bn_total(sg));
-  _mm256_storeu_ps(s_gx, bn_total(sx));
-  _mm256_storeu_ps(s_a, bn_total(sa));
+  const BnPair i = bn_load(I), m = bn_load(M), a = bn_load(A), b = bn_load(B), sl = bn_load(S);
+  const __m256 zero = _mm256_setzero_ps();
+  BnPair sg{zero, zero}, sx{zero, zero}, sa{zero, zero};
+  auto step = [&](const float* xp, const float* gp, __m256 ii, __m256 mm, __m256 aa, __m256 bb, __m256 ss,
+                  __m256& acc_g, __m256& acc_x, __m256& acc_a) {
+    const __m256 xv = _mm256_loadu_ps(xp), gv = _mm256_loadu_ps(gp);
+    const __m256 z = _mm256_fmadd_ps(xv, aa, bb), gz = bn_act_grad<K>(gv, z, ss);
+    acc_g = _mm256_add_ps(acc_g, gz);
+    acc_x = _mm256_fmadd_ps(gz, _mm256_fmadd_ps(xv, ii, mm), acc_x);
+    if constexpr (K == ActKind::prelu) acc_a = _mm256_fmadd_ps(gv, _mm256_min_ps(zero, z), acc_a);
+  };
+  for (std::int64_t r = 0; r < R; ++r) {
+    const float *xr = x + r * C, *gr = g + r * C;
+    step(xr, gr, i.lo, m.lo, a.lo, b.lo, sl.lo, sg.lo, sx.lo, sa.lo);
+    step(xr + 8, gr + 8, i.hi, m.hi, a.hi, b.hi, sl.hi, sg.hi, sx.hi, sa.hi);
+  }
+  bn_store(s_g, sg);
+  bn_store(s_gx, sx);
+  bn_store(s_a, sa);
 }
 
 }  // namespace rechub::detail::avx2
