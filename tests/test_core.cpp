@@ -263,6 +263,40 @@ TEST_CASE("the weight gradient split over threads by depth equals one thread's, 
   }
   set_num_threads(threads);
 }
+
+TEST_CASE("the row kernel shared out in tiles over threads equals one thread's, bit for bit") {
+  // 301 rows: six 48-row tiles and a 13-row one, handed to whichever thread is free.
+  Rng rng(29);
+  const std::int64_t M = 301, N = 136, K = 40;
+  REQUIRE(detail::avx2::gemm_rows_fit(M, N, K));
+  const int threads = num_threads();
+  const Tensor a = testing::random_tensor({M * K}, rng), b = testing::random_tensor({K * N}, rng);
+  const Tensor c0 = testing::random_tensor({M * N}, rng), bias = testing::random_tensor({N}, rng);
+  for (int tb = 0; tb < 2; ++tb)
+    for (int init = 0; init < 4; ++init) {  // fresh, bias, beta 1, beta 0.5
+      CAPTURE(tb);
+      CAPTURE(init);
+      const float beta = init == 2 ? 1.0f : init == 3 ? 0.5f : 0.0f;
+      const float* pb = init == 1 ? bias.f32() : nullptr;
+      const std::int64_t ldb = tb ? K : N;
+      std::vector<float> one(c0.f32(), c0.f32() + M * N), two = one;
+      set_num_threads(1);
+      detail::gemm_threaded(false, tb, M, N, K, 0.75f, a.f32(), K, b.f32(), ldb, beta, one.data(), N, pb);
+      set_num_threads(2);
+      detail::gemm_threaded(false, tb, M, N, K, 0.75f, a.f32(), K, b.f32(), ldb, beta, two.data(), N, pb);
+      CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
+      double err = 0;  // and right: against a double product
+      for (std::int64_t i = 0; i < M; i += 5)
+        for (std::int64_t j = 0; j < N; ++j) {
+          double ref = init == 1 ? bias.f32()[j] : beta * c0.f32()[i * N + j];
+          for (std::int64_t k = 0; k < K; ++k)
+            ref += 0.75 * a.f32()[i * K + k] * (tb ? b.f32()[j * K + k] : b.f32()[k * N + j]);
+          err = std::max(err, std::fabs(ref - two[std::size_t(i * N + j)]));
+        }
+      CHECK(err < 1e-4);
+    }
+  set_num_threads(threads);
+}
 #endif
 
 // Var::grad_for_write / share_grad_if_first: an op that is the first to send a gradient into an input

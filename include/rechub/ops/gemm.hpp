@@ -241,13 +241,11 @@ inline void gemm_trans_a_split(bool trans_b, std::int64_t M, std::int64_t N, std
                                std::int64_t ldc, const float* bias) {
   const std::int64_t nb = avx2::depth_blocks(K), depth = avx2::depth_block(K), MN = M * N;
   float* part = gemm_pack_buffer(2, static_cast<std::size_t>(nb * MN));
-  parallel_for(nb, 2 * depth * MN, [&](std::int64_t b0, std::int64_t b1) {
+  parallel_for_dynamic(nb, 2 * depth * MN, [&](std::int64_t b) {
     float* packed = gemm_pack_buffer(0, static_cast<std::size_t>(avx2::kDepthBlock * (N + M + 6)));
-    for (std::int64_t b = b0; b < b1; ++b) {
-      const std::int64_t k0 = b * depth, kb = std::min(depth, K - k0);
-      avx2::gemm_trans_a(trans_b, M, N, kb, 1.0f, A + k0 * lda, lda, trans_b ? B + k0 : B + k0 * ldb, ldb, packed,
-                         part + b * MN, N, avx2::Store{true, nullptr});
-    }
+    const std::int64_t k0 = b * depth, kb = std::min(depth, K - k0);
+    avx2::gemm_trans_a(trans_b, M, N, kb, 1.0f, A + k0 * lda, lda, trans_b ? B + k0 : B + k0 * ldb, ldb, packed,
+                       part + b * MN, N, avx2::Store{true, nullptr});
   });
   parallel_for(M, nb * N, [&](std::int64_t r0, std::int64_t r1) {
     for (std::int64_t r = r0; r < r1; ++r) {
@@ -277,6 +275,10 @@ inline void gemm_serial(bool trans_a, bool trans_b, std::int64_t M, std::int64_t
   gemm_block(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr);
 }
 
+/// Rows of C per task when threads share the AVX2 row kernel: 8 of its 6-row blocks; FaceBookDSSM's
+/// 840 distinct item rows make 18 tasks, its 2,048 user rows 43.
+constexpr std::int64_t kRowTile = 48;
+
 /// gemm_serial split over threads; with `bias` [N], C = bias (on every row) + alpha op(A) op(B).
 inline void gemm_threaded(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, float alpha,
                           const float* A, std::int64_t lda, const float* B, std::int64_t ldb, float beta, float* C,
@@ -295,6 +297,20 @@ inline void gemm_threaded(bool trans_a, bool trans_b, std::int64_t M, std::int64
 #ifdef RECHUB_AVX2_GEMM
   if (trans_a && avx2::split_depth_fit(M, N, K, alpha)) {
     gemm_trans_a_split(trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, bias);
+    return;
+  }
+  if (!trans_a && avx2::gemm_rows_fit(M, N, K)) {
+    // op(B) packed once here, then tiles of C's rows to whichever thread is free (each row's
+    // floats do not depend on its tile).
+    float* packed = gemm_pack_buffer(1, static_cast<std::size_t>(N * K));
+    avx2::pack_panels(trans_b, B, ldb, K, N, packed);
+    const bool fresh = bias || beta == 0.0f;
+    const std::int64_t tiles = (M + kRowTile - 1) / kRowTile;
+    parallel_for_dynamic(tiles, kRowTile * N * K, [&](std::int64_t t) {
+      const std::int64_t r0 = t * kRowTile, m = std::min(kRowTile, M - r0);
+      if (!fresh) gemm_init_rows(C, ldc, N, r0, r0 + m, beta, nullptr);
+      avx2::gemm_rows(m, N, K, alpha, A + r0 * lda, lda, packed, C + r0 * ldc, ldc, avx2::Store{fresh, bias});
+    });
     return;
   }
 #endif
