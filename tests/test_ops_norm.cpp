@@ -255,7 +255,8 @@ TEST_CASE("batch_norm1d_act over many row chunks and column tiles matches a doub
     for (std::int64_t c = 0; c < C; ++c) x.f32()[r * C + c] += 40.0f + 3.0f * float(c);
     w.f32()[r] = r >= 64 && r < 128 ? 0.0f : float(r % 3);
   }
-  const Tensor gam = random_tensor({C}, rng, 0.5f, 1.5f), bet = random_tensor({C}, rng), slope = random_tensor({C}, rng);
+  const Tensor gam = random_tensor({C}, rng, 0.5f, 1.5f), bet = random_tensor({C}, rng),
+               slope = random_tensor({C}, rng);
   for (bool weighted : {false, true})
     for (ActKind k : {ActKind::none, ActKind::relu, ActKind::prelu, ActKind::sigmoid}) {
       CAPTURE(weighted);

@@ -9,8 +9,8 @@
 // Activations none, relu and prelu; sigmoid and tanh run the generic kernels in norm.hpp.
 //
 // Same formulas, per column the same order (rows in order) as the generic kernels; roundings may
-// differ where GCC contracts the generic a * b + c differently. min / max take 0 first so that NaN passes through as it does
-// through std::max(z, 0.0f).
+// differ where GCC contracts the generic a * b + c differently. min / max take 0 first so that
+// NaN passes through as it does through std::max(z, 0.0f).
 #include <cstdint>
 
 #include "rechub/ops/activation.hpp"

@@ -256,7 +256,7 @@ inline void bn_act_backward_dx(const float* __restrict x, const float* __restric
 }
 }  // namespace detail
 
-/// act(batch_norm1d(x)) in one pass over x [N, C]; torch BatchNorm1d semantics (see top). gamma,
+/// act(batch_norm1d(x)) as one op on x [N, C]; torch BatchNorm1d semantics (see top). gamma,
 /// beta may be undefined (affine=False); running stats may be undefined in training
 /// (track_running_stats=False). slope is prelu's [1] or [C] slope. row_weights (f32 [N], each >= 0,
 /// optional): row r counts rw[r] times (see the top).
