@@ -233,6 +233,18 @@ TEST_CASE("tiled GEMM paths equal a double reference; Eigen's tiles equal Eigen'
 // their partial sums in block order: the same floats as one thread's gemm_trans_a, for fresh C,
 // a bias, beta 1 (accumulating) and beta 0.5; both for an even and an odd count of 256-deep
 // blocks (1000 = 4 blocks of 250; 700 rounds 3 blocks up to 4 of 175).
+// The eight ways a threaded product writes C: op(B) as stored or transposed, times a fresh C, a
+// bias, beta 1 and beta 0.5; fn(trans_b, beta, bias or null).
+template <class Fn>
+void for_each_gemm_write(const Tensor& bias, Fn&& fn) {
+  for (int tb = 0; tb < 2; ++tb)
+    for (int init = 0; init < 4; ++init) {
+      CAPTURE(tb);
+      CAPTURE(init);
+      fn(tb == 1, init == 2 ? 1.0f : init == 3 ? 0.5f : 0.0f, init == 1 ? bias.f32() : nullptr);
+    }
+}
+
 TEST_CASE("the weight gradient split over threads by depth equals one thread's, bit for bit") {
   Rng rng(23);
   struct Shape3 {
@@ -246,20 +258,15 @@ TEST_CASE("the weight gradient split over threads by depth equals one thread's, 
     REQUIRE(detail::avx2::gemm_trans_a_fit(s.M, s.N, s.K));  // one thread takes gemm_trans_a
     const Tensor a = testing::random_tensor({s.K * s.M}, rng), b = testing::random_tensor({s.K * s.N}, rng);
     const Tensor c0 = testing::random_tensor({s.M * s.N}, rng), bias = testing::random_tensor({s.N}, rng);
-    for (int tb = 0; tb < 2; ++tb)
-      for (int init = 0; init < 4; ++init) {  // fresh, bias, beta 1, beta 0.5
-        CAPTURE(tb);
-        CAPTURE(init);
-        const float beta = init == 2 ? 1.0f : init == 3 ? 0.5f : 0.0f;
-        const float* pb = init == 1 ? bias.f32() : nullptr;
-        const std::int64_t ldb = tb ? s.K : s.N;
-        std::vector<float> one(c0.f32(), c0.f32() + s.M * s.N), two = one;
-        set_num_threads(1);
-        detail::gemm_threaded(true, tb, s.M, s.N, s.K, 1.0f, a.f32(), s.M, b.f32(), ldb, beta, one.data(), s.N, pb);
-        set_num_threads(2);
-        detail::gemm_threaded(true, tb, s.M, s.N, s.K, 1.0f, a.f32(), s.M, b.f32(), ldb, beta, two.data(), s.N, pb);
-        CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
-      }
+    for_each_gemm_write(bias, [&](bool tb, float beta, const float* pb) {
+      const std::int64_t ldb = tb ? s.K : s.N;
+      std::vector<float> one(c0.f32(), c0.f32() + s.M * s.N), two = one;
+      set_num_threads(1);
+      detail::gemm_threaded(true, tb, s.M, s.N, s.K, 1.0f, a.f32(), s.M, b.f32(), ldb, beta, one.data(), s.N, pb);
+      set_num_threads(2);
+      detail::gemm_threaded(true, tb, s.M, s.N, s.K, 1.0f, a.f32(), s.M, b.f32(), ldb, beta, two.data(), s.N, pb);
+      CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
+    });
   }
   set_num_threads(threads);
 }
@@ -272,29 +279,24 @@ TEST_CASE("the row kernel shared out in tiles over threads equals one thread's, 
   const int threads = num_threads();
   const Tensor a = testing::random_tensor({M * K}, rng), b = testing::random_tensor({K * N}, rng);
   const Tensor c0 = testing::random_tensor({M * N}, rng), bias = testing::random_tensor({N}, rng);
-  for (int tb = 0; tb < 2; ++tb)
-    for (int init = 0; init < 4; ++init) {  // fresh, bias, beta 1, beta 0.5
-      CAPTURE(tb);
-      CAPTURE(init);
-      const float beta = init == 2 ? 1.0f : init == 3 ? 0.5f : 0.0f;
-      const float* pb = init == 1 ? bias.f32() : nullptr;
-      const std::int64_t ldb = tb ? K : N;
-      std::vector<float> one(c0.f32(), c0.f32() + M * N), two = one;
-      set_num_threads(1);
-      detail::gemm_threaded(false, tb, M, N, K, 0.75f, a.f32(), K, b.f32(), ldb, beta, one.data(), N, pb);
-      set_num_threads(2);
-      detail::gemm_threaded(false, tb, M, N, K, 0.75f, a.f32(), K, b.f32(), ldb, beta, two.data(), N, pb);
-      CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
-      double err = 0;  // and right: against a double product
-      for (std::int64_t i = 0; i < M; i += 5)
-        for (std::int64_t j = 0; j < N; ++j) {
-          double ref = init == 1 ? bias.f32()[j] : beta * c0.f32()[i * N + j];
-          for (std::int64_t k = 0; k < K; ++k)
-            ref += 0.75 * a.f32()[i * K + k] * (tb ? b.f32()[j * K + k] : b.f32()[k * N + j]);
-          err = std::max(err, std::fabs(ref - two[std::size_t(i * N + j)]));
-        }
-      CHECK(err < 1e-4);
-    }
+  for_each_gemm_write(bias, [&](bool tb, float beta, const float* pb) {
+    const std::int64_t ldb = tb ? K : N;
+    std::vector<float> one(c0.f32(), c0.f32() + M * N), two = one;
+    set_num_threads(1);
+    detail::gemm_threaded(false, tb, M, N, K, 0.75f, a.f32(), K, b.f32(), ldb, beta, one.data(), N, pb);
+    set_num_threads(2);
+    detail::gemm_threaded(false, tb, M, N, K, 0.75f, a.f32(), K, b.f32(), ldb, beta, two.data(), N, pb);
+    CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
+    double err = 0;  // and right: against a double product
+    for (std::int64_t i = 0; i < M; i += 5)
+      for (std::int64_t j = 0; j < N; ++j) {
+        double ref = pb ? pb[j] : beta * c0.f32()[i * N + j];
+        for (std::int64_t k = 0; k < K; ++k)
+          ref += 0.75 * a.f32()[i * K + k] * (tb ? b.f32()[j * K + k] : b.f32()[k * N + j]);
+        err = std::max(err, std::fabs(ref - two[std::size_t(i * N + j)]));
+      }
+    CHECK(err < 1e-4);
+  });
   set_num_threads(threads);
 }
 #endif

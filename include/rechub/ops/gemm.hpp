@@ -158,6 +158,19 @@ inline void gemm_init_rows(float* C, std::int64_t ldc, std::int64_t N, std::int6
   }
 }
 
+#ifdef RECHUB_AVX2_GEMM
+/// C [M, N] = (bias on every row, or beta C) + alpha A op(B) by the AVX2 row kernel, op(B) already
+/// packed (avx2::pack_panels). The kernel sets a fresh C itself (bias or zeros); any other beta
+/// scales C first, then adds.
+inline void gemm_rows_packed(std::int64_t M, std::int64_t N, std::int64_t K, float alpha, const float* A,
+                             std::int64_t lda, const float* packed, float beta, float* C, std::int64_t ldc,
+                             const float* bias) {
+  const bool fresh = bias || beta == 0.0f;
+  if (!fresh) gemm_init_rows(C, ldc, N, 0, M, beta, nullptr);
+  avx2::gemm_rows(M, N, K, alpha, A, lda, packed, C, ldc, avx2::Store{fresh, bias});
+}
+#endif
+
 /// C = (bias on every row, or beta C) + alpha op(A) op(B) on the calling thread.
 inline void gemm_block(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, float alpha,
                        const float* A, std::int64_t lda, const float* B, std::int64_t ldb, float beta, float* C,
@@ -167,17 +180,16 @@ inline void gemm_block(bool trans_a, bool trans_b, std::int64_t M, std::int64_t 
 #ifdef RECHUB_AVX2_GEMM
   const bool rows_fit = !trans_a && avx2::gemm_rows_fit(M, N, K);
   if (rows_fit || (trans_a && avx2::gemm_trans_a_fit(M, N, K))) {
-    // The kernel sets a fresh C itself (bias or zeros); any other beta scales C first, then adds.
-    const bool fresh = bias || beta == 0.0f;
-    if (!fresh) gemm_init_rows(C, ldc, N, 0, M, beta, nullptr);
-    const avx2::Store st{fresh, bias};
     if (rows_fit) {
       float* packed = gemm_pack_buffer(0, static_cast<std::size_t>(N * K));
       avx2::pack_panels(trans_b, B, ldb, K, N, packed);
-      avx2::gemm_rows(M, N, K, alpha, A, lda, packed, C, ldc, st);
+      gemm_rows_packed(M, N, K, alpha, A, lda, packed, beta, C, ldc, bias);
     } else {
+      // The kernel sets a fresh C itself (bias or zeros); any other beta scales C first, then adds.
+      const bool fresh = bias || beta == 0.0f;
+      if (!fresh) gemm_init_rows(C, ldc, N, 0, M, beta, nullptr);
       float* packed = gemm_pack_buffer(0, static_cast<std::size_t>(avx2::kDepthBlock * (N + M + 6)));
-      avx2::gemm_trans_a(trans_b, M, N, K, alpha, A, lda, B, ldb, packed, C, ldc, st);
+      avx2::gemm_trans_a(trans_b, M, N, K, alpha, A, lda, B, ldb, packed, C, ldc, avx2::Store{fresh, bias});
     }
     return;
   }
@@ -304,12 +316,11 @@ inline void gemm_threaded(bool trans_a, bool trans_b, std::int64_t M, std::int64
     // floats do not depend on its tile).
     float* packed = gemm_pack_buffer(1, static_cast<std::size_t>(N * K));
     avx2::pack_panels(trans_b, B, ldb, K, N, packed);
-    const bool fresh = bias || beta == 0.0f;
     const std::int64_t tiles = (M + kRowTile - 1) / kRowTile;
     parallel_for_dynamic(tiles, kRowTile * N * K, [&](std::int64_t t) {
-      const std::int64_t r0 = t * kRowTile, m = std::min(kRowTile, M - r0);
-      if (!fresh) gemm_init_rows(C, ldc, N, r0, r0 + m, beta, nullptr);
-      avx2::gemm_rows(m, N, K, alpha, A + r0 * lda, lda, packed, C + r0 * ldc, ldc, avx2::Store{fresh, bias});
+      const std::int64_t r0 = t * kRowTile;
+      gemm_rows_packed(std::min(kRowTile, M - r0), N, K, alpha, A + r0 * lda, lda, packed, beta, C + r0 * ldc, ldc,
+                       bias);
     });
     return;
   }

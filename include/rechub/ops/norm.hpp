@@ -135,13 +135,15 @@ namespace detail {
 constexpr std::int64_t kBnChunk = 64;
 constexpr std::int64_t kBnLanes = 16;
 
+/// How many chunks of kBnChunk rows N rows make (the last may be shorter).
+inline std::int64_t bn_chunks(std::int64_t N) { return (N + kBnChunk - 1) / kBnChunk; }
+
 /// Runs fn(k, r0, rows, c0, width, whole) for every tile: chunk k = rows [r0, r0 + rows), columns
 /// [c0, c0 + width); whole is std::true_type for a tile of kBnLanes columns. Chunks are shared
 /// out over threads; cost_per_element is the scalar work of one element.
 template <class Fn>
 void for_each_bn_tile(std::int64_t N, std::int64_t C, std::int64_t cost_per_element, Fn&& fn) {
-  const std::int64_t chunks = (N + kBnChunk - 1) / kBnChunk;
-  parallel_for(chunks, kBnChunk * C * cost_per_element, [&](std::int64_t k0, std::int64_t k1) {
+  parallel_for(bn_chunks(N), kBnChunk * C * cost_per_element, [&](std::int64_t k0, std::int64_t k1) {
     for (std::int64_t k = k0; k < k1; ++k) {
       const std::int64_t r0 = k * kBnChunk, rows = std::min(kBnChunk, N - r0);
       for (std::int64_t c0 = 0; c0 < C; c0 += kBnLanes) {
@@ -317,7 +319,7 @@ inline Var batch_norm1d_act(const Var& x, const Var& gamma, const Var& beta, Ten
   float *rm = have_running ? running_mean.f32() : nullptr, *rv = have_running ? running_var.f32() : nullptr;
   const float* px = X.f32();
   float* py = out.value().f32();
-  const std::int64_t chunks = (N + detail::kBnChunk - 1) / detail::kBnChunk;
+  const std::int64_t chunks = detail::bn_chunks(N);
   if (training) {
     // Each chunk's weight, sums and squared deviations (see detail), then combined in chunk order.
     float* part = step_arena().tensor({2 * chunks * C + chunks}).f32();
